@@ -1,0 +1,22 @@
+# Entry points; every target sets up .venv first (see scripts/setup.sh; PYTHON=... picks the interpreter).
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-fast bench clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(PY) examples/stage2_core.py
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/voting.py
+
+clean:
+	rm -rf .venv .pytest_cache build src/*.egg-info

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Creates .venv with a Python >= 3.12 and installs hvpose (editable) with its test extra.
+#
+# The interpreter is, in order: $PYTHON if set; python3.13 / python3.12 / python3 on PATH; the newest
+# pyenv-installed 3.12+ (under $PYENV_ROOT or ~/.pyenv). JAX >= 0.11 needs Python >= 3.12.
+# Re-running is cheap: it reinstalls only when pyproject.toml changed or the venv is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+is_suitable() {  # is "$1" a runnable Python >= 3.12 with venv?
+  "$1" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
+}
+
+find_python() {
+  if [ -n "${PYTHON:-}" ]; then
+    if is_suitable "$PYTHON"; then echo "$PYTHON"; return 0; fi
+    echo "error: PYTHON=$PYTHON is not a Python >= 3.12 with the venv module" >&2; return 1
+  fi
+  local candidate
+  for candidate in python3.13 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && is_suitable "$(command -v "$candidate")"; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  local root=${PYENV_ROOT:-}
+  if [ -z "$root" ] && command -v pyenv >/dev/null 2>&1; then root=$(pyenv root); fi
+  root=${root:-$HOME/.pyenv}
+  if [ -d "$root/versions" ]; then
+    for candidate in $(ls -1 "$root/versions" | grep -E '^3\.[0-9]+\.[0-9]+$' | sort -t. -k1,1n -k2,2n -k3,3n -r); do
+      if is_suitable "$root/versions/$candidate/bin/python"; then echo "$root/versions/$candidate/bin/python"; return 0; fi
+    done
+  fi
+  cat >&2 <<'MSG'
+error: hvpose needs Python >= 3.12 (JAX requires it) and none was found.
+  Install one (e.g. `pyenv install 3.12`, `uv python install 3.12`, or your OS package python3.12)
+  and re-run, or point to it: PYTHON=/path/to/python3.12 make setup
+MSG
+  return 1
+}
+
+stamp="$VENV/.hvpose-installed"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && is_suitable "$VENV/bin/python" && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  exit 0
+fi
+python=$(find_python)
+echo "hvpose setup: using $python ($("$python" --version 2>&1)) for $VENV" >&2
+if ! [ -x "$VENV/bin/python" ] || ! is_suitable "$VENV/bin/python"; then
+  rm -rf "$VENV"
+  "$python" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+echo "$want" > "$stamp"
+echo "hvpose setup: done ($("$VENV/bin/python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'))" >&2
