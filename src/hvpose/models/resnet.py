@@ -1,0 +1,191 @@
+"""Atrous ResNet v1 (He et al. 2016) in Flax linen, as the G-RMI keypoint network's backbone.
+
+Output stride 8, 16 or 32 comes from atrous (dilated) convolution: the strides of the last one or two stages are
+removed and their 3x3 convolutions dilated instead, so the features keep their receptive field at a finer grid.
+
+Two families of ImageNet weights place the stride differently in a stage's first bottleneck:
+  * `stride_on="1x1"`: on the first 1x1 convolution (Keras Applications, Caffe, the original paper); convs carry
+    biases in Keras's weights (`conv_bias=True`).
+  * `stride_on="3x3"`: on the 3x3 convolution (torchvision, TF-slim "v1.5"); convs have no bias.
+All padding is explicit and symmetric (pad = dilation * (kernel - 1) / 2), which reproduces both families exactly:
+Keras pads its 7x7 stem by 3 and its max-pool by 1, and a strided 1x1 convolution needs no padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Bottleneck blocks per stage (conv2_x .. conv5_x) for each depth.
+BOTTLENECK_STAGES: dict[int, tuple[int, int, int, int]] = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+# Basic (two 3x3) blocks per stage for the shallow depths.
+BASIC_STAGES: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+}
+STAGE_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
+DEPTHS: tuple[int, ...] = tuple(sorted({**BOTTLENECK_STAGES, **BASIC_STAGES}))
+
+
+def stage_strides_and_dilations(output_stride: int) -> list[tuple[int, int]]:
+    """(stride, dilation) of stages conv2..conv5 for an output stride of 8, 16 or 32.
+
+    The stem (7x7 stride-2 conv and stride-2 max-pool) gives stride 4; conv3..conv5 would each halve again. Once the
+    target stride is reached, a stage keeps stride 1 and doubles its dilation instead.
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    current, dilation, plan = 4, 1, [(1, 1)]
+    for _ in range(3):
+        if current < output_stride:
+            current *= 2
+            plan.append((2, dilation))
+        else:
+            dilation *= 2
+            plan.append((1, dilation))
+    return plan
+
+
+def _pad(kernel: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    p = dilation * (kernel - 1) // 2
+    return ((p, p), (p, p))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (dilated) -> 1x1 residual block with expansion 4."""
+
+    width: int
+    stride: int = 1
+    dilation: int = 1  # of the 3x3 convolution
+    project_shortcut: bool = False
+    stride_on: Literal["1x1", "3x3"] = "1x1"
+    conv_bias: bool = True
+    norm: Any = nn.BatchNorm
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = lambda *a, **k: nn.Conv(*a, use_bias=self.conv_bias, dtype=self.dtype, **k)  # noqa: E731
+        stride_1x1 = self.stride if self.stride_on == "1x1" else 1
+        stride_3x3 = self.stride if self.stride_on == "3x3" else 1
+        shortcut = x
+        if self.project_shortcut:
+            shortcut = conv(4 * self.width, (1, 1), strides=self.stride, padding="VALID", name="shortcut_conv")(x)
+            shortcut = self.norm(name="shortcut_bn")(shortcut)
+        y = conv(self.width, (1, 1), strides=stride_1x1, padding="VALID", name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = conv(self.width, (3, 3), strides=stride_3x3, kernel_dilation=self.dilation,
+                 padding=_pad(3, self.dilation), name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = conv(4 * self.width, (1, 1), padding="VALID", name="conv3")(y)
+        y = self.norm(name="bn3")(y)
+        return nn.relu(shortcut + y)
+
+
+class Basic(nn.Module):
+    """Two 3x3 convolutions, for ResNet-18/34 (stride always on the first 3x3)."""
+
+    width: int
+    stride: int = 1
+    dilation: int = 1  # of the second 3x3
+    first_dilation: int = 1  # of the first 3x3
+    project_shortcut: bool = False
+    stride_on: Literal["1x1", "3x3"] = "3x3"  # unused: a basic block strides on its first 3x3
+    conv_bias: bool = False
+    norm: Any = nn.BatchNorm
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = lambda *a, **k: nn.Conv(*a, use_bias=self.conv_bias, dtype=self.dtype, **k)  # noqa: E731
+        shortcut = x
+        if self.project_shortcut:
+            shortcut = conv(self.width, (1, 1), strides=self.stride, padding="VALID", name="shortcut_conv")(x)
+            shortcut = self.norm(name="shortcut_bn")(shortcut)
+        y = conv(self.width, (3, 3), strides=self.stride, kernel_dilation=self.first_dilation,
+                 padding=_pad(3, self.first_dilation), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = conv(self.width, (3, 3), kernel_dilation=self.dilation, padding=_pad(3, self.dilation), name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        return nn.relu(shortcut + y)
+
+
+class ResNet(nn.Module):
+    """ResNet v1 backbone returning `{"stem", "block1", ..., "block4"}` feature maps (NHWC).
+
+    `block1`..`block4` are the outputs of stages conv2_x..conv5_x. At a 353x257 input and output stride 8, block4
+    is 45x33x2048 (ResNet-50/101/152).
+
+    Attributes:
+      depth: 18, 34, 50, 101 or 152.
+      output_stride: 8, 16 or 32: ratio of input size to block4 size (for inputs of size s*n+1 the ratio is exact
+        in the sense that block4 has n+1 cells, cell i at input pixel s*i).
+      stride_on: "1x1" (Keras/Caffe weights) or "3x3" (torchvision/TF-slim weights); bottleneck depths only.
+      conv_bias: whether convolutions have biases (True for Keras Applications weights, False for torchvision).
+      bn_frozen: use the stored BatchNorm statistics even when training (fine-tuning with small per-device batches).
+      bn_momentum: decay of the running BatchNorm statistics.
+      bn_epsilon: BatchNorm epsilon (Keras Applications ResNet uses 1.001e-5, torchvision 1e-5).
+      dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+    """
+
+    depth: int = 101
+    output_stride: int = 8
+    stride_on: Literal["1x1", "3x3"] = "1x1"
+    conv_bias: bool = True
+    bn_frozen: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1.001e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        if self.depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {DEPTHS}, got {self.depth}")
+        if self.stride_on not in ("1x1", "3x3"):
+            raise ValueError(f"stride_on must be '1x1' or '3x3', got {self.stride_on!r}")
+        norm = lambda name: nn.BatchNorm(  # noqa: E731
+            use_running_average=not train or self.bn_frozen, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            dtype=self.dtype, name=name)
+        bottleneck = self.depth in BOTTLENECK_STAGES
+        stages = BOTTLENECK_STAGES[self.depth] if bottleneck else BASIC_STAGES[self.depth]
+        block_cls = Bottleneck if bottleneck else Basic
+
+        x = images.astype(self.dtype)
+        x = nn.Conv(64, (7, 7), strides=2, padding=_pad(7), use_bias=self.conv_bias, dtype=self.dtype,
+                    name="stem_conv")(x)
+        x = nn.relu(norm("stem_bn")(x))
+        features = {"stem": x}
+        # Max-pool padding with -inf equals Keras's zero padding here because the input is post-ReLU (>= 0).
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+
+        previous_dilation = 1
+        for stage, ((stride, dilation), blocks, width) in enumerate(
+                zip(stage_strides_and_dilations(self.output_stride), stages, STAGE_WIDTHS)):
+            # When a stride is replaced by dilation, the block that would have strided sees the undecimated grid
+            # before its 3x3 if the stride sat on that 3x3 (torchvision), so it keeps the previous dilation; with
+            # the stride on the 1x1 (Keras) the 3x3 already works on the decimated grid and takes the new one.
+            first_dilation = previous_dilation if (self.stride_on == "3x3" or not bottleneck) else dilation
+            for block in range(blocks):
+                dilations = ({"dilation": first_dilation if block == 0 else dilation} if bottleneck else
+                             {"dilation": dilation, "first_dilation": first_dilation if block == 0 else dilation})
+                x = block_cls(
+                    width=width,
+                    stride=stride if block == 0 else 1,
+                    **dilations,
+                    project_shortcut=block == 0 and (bottleneck or stage > 0),
+                    stride_on=self.stride_on,
+                    conv_bias=self.conv_bias,
+                    norm=norm,
+                    dtype=self.dtype,
+                    name=f"block{stage + 1}_unit{block + 1}",
+                )(x)
+            previous_dilation = dilation
+            features[f"block{stage + 1}"] = x
+        return features
