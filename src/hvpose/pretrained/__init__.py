@@ -1,0 +1,5 @@
+"""Importers for pretrained weights."""
+
+from hvpose.pretrained.keras_resnet import KERAS_IMAGENET_BGR_MEAN, WeightFileError, load_keras_resnet
+
+__all__ = ["KERAS_IMAGENET_BGR_MEAN", "WeightFileError", "load_keras_resnet"]
