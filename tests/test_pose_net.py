@@ -1,0 +1,102 @@
+"""The keypoint network: head layout, aligned-corners upsampling, dtypes, and a jitted step that does not retrace."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import ndimage
+
+from hvpose.models.pose_net import PoseNet, interpolation_matrix, resize_aligned_corners, split_head
+from hvpose.targets import total_loss
+
+
+def test_full_model_output_shapes_at_crop_size():
+    model = PoseNet(depth=101, output_stride=8, aux_head=True)
+    outputs = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 353, 257, 3)))[0])
+    assert outputs["heatmap_logits"].shape == (2, 353, 257, 17)
+    assert outputs["offsets"].shape == (2, 353, 257, 17, 2)
+    assert outputs["aux_offsets"].shape == (2, 353, 257, 17, 2)
+    grid = jax.eval_shape(lambda: PoseNet(upsample=False).init_with_output(
+        jax.random.key(0), jnp.zeros((1, 353, 257, 3)))[0])
+    assert grid["heatmap_logits"].shape == (1, 45, 33, 17)
+
+
+def test_upsampling_puts_cell_i_on_pixel_s_times_i_and_matches_scipy(rng):
+    maps = rng.normal(size=(1, 6, 5, 2)).astype(np.float32)
+    up = np.asarray(resize_aligned_corners(jnp.asarray(maps), (41, 33)))  # s = 8: 8*5+1, 8*4+1
+    np.testing.assert_allclose(up[:, ::8, ::8], maps, atol=1e-6)
+    rows, cols = np.meshgrid(np.arange(41) / 8.0, np.arange(33) / 8.0, indexing="ij")
+    for c in range(2):
+        want = ndimage.map_coordinates(maps[0, :, :, c].astype(np.float64), [rows, cols], order=1)
+        np.testing.assert_allclose(up[0, :, :, c], want, atol=1e-5)
+    np.testing.assert_allclose(interpolation_matrix(6, 41).sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_head_channel_layout_is_heatmaps_then_x_then_y():
+    k = 3
+    maps = jnp.arange(9.0).reshape(1, 1, 1, 9)
+    out = split_head(maps, k)
+    np.testing.assert_array_equal(out["heatmap_logits"][0, 0, 0], [0, 1, 2])
+    np.testing.assert_array_equal(out["offsets"][0, 0, 0], [[3, 6], [4, 7], [5, 8]])
+
+
+def test_bfloat16_compute_float32_params_and_outputs():
+    crops = jax.random.normal(jax.random.key(0), (1, 33, 33, 3))
+    f32 = PoseNet(num_keypoints=4, depth=18, output_stride=16)
+    bf16 = PoseNet(num_keypoints=4, depth=18, output_stride=16, dtype=jnp.bfloat16)
+    variables = f32.init(jax.random.key(1), crops)
+    assert {x.dtype for x in jax.tree.leaves(bf16.init(jax.random.key(1), crops))} == {jnp.dtype(jnp.float32)}
+    a = f32.apply(variables, crops)["heatmap_logits"]
+    b = bf16.apply(variables, crops)["heatmap_logits"]
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.abs(a).max()))
+
+
+def test_jitted_train_step_compiles_once_and_learns():
+    """A full loss + gradient + update step on a tiny PoseNet: no retrace on later calls, loss goes down."""
+    size, radius = (41, 33), 4.0
+    model = PoseNet(num_keypoints=2, depth=18, output_stride=8, aux_head=True)
+    crops = jax.random.normal(jax.random.key(0), (2, *size, 3))
+    keypoints = jnp.array([[[10.0, 20.0, 2], [25.0, 5.0, 1]], [[16.0, 16.0, 2], [0.0, 0.0, 0]]])
+    variables = model.init(jax.random.key(1), crops)
+    optimizer = optax.adam(1e-3)
+    opt_state = optimizer.init(variables["params"])
+    traces = []
+
+    @jax.jit
+    def step(params, batch_stats, opt_state, crops, keypoints):
+        traces.append(1)
+
+        def loss_fn(params):
+            outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, crops, train=True,
+                                           mutable=["batch_stats"])
+            terms = total_loss(outputs, keypoints, radius)
+            return terms["loss"], (terms, updates["batch_stats"])
+
+        (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, terms
+
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    losses = []
+    for _ in range(8):
+        params, batch_stats, opt_state, terms = step(params, batch_stats, opt_state, crops, keypoints)
+        losses.append(float(terms["loss"]))
+    assert len(traces) == 1
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert set(terms) == {"loss", "heatmap_loss", "offset_loss", "aux_loss"}
+
+
+@pytest.mark.parametrize("bad", [{"depth": 42}, {"output_stride": 4}])
+def test_bad_backbone_settings_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="must be"):
+        PoseNet(**bad).init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
+
+
+def test_heatmaps_start_at_the_prior_and_offsets_near_zero():
+    model = PoseNet(num_keypoints=3, depth=18, output_stride=32, heatmap_prior=0.02)
+    crops = jnp.zeros((1, 65, 65, 3))
+    outputs = model.apply(model.init(jax.random.key(0), crops), crops)
+    np.testing.assert_allclose(jax.nn.sigmoid(outputs["heatmap_logits"]).mean(), 0.02, rtol=0.1)
+    assert float(jnp.abs(outputs["offsets"]).max()) < 1.0
