@@ -1,0 +1,1 @@
+"""Pure array operations: Hough voting and decoding."""
