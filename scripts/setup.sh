@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv with a Python >= 3.12 and installs hvpose (editable) with its test extra.
 #
-# The interpreter is, in order: $PYTHON if set; python3.13 / python3.12 / python3 on PATH; the newest
-# pyenv-installed 3.12+ (under $PYENV_ROOT or ~/.pyenv). JAX >= 0.11 needs Python >= 3.12.
+# The interpreter is, in order: $PYTHON if set; python3.12 / python3.13 / python3 on PATH; a pyenv-installed
+# 3.12 (newest patch), else 3.13, 3.14 (under $PYENV_ROOT or ~/.pyenv). JAX >= 0.11 needs Python >= 3.12;
+# 3.12 comes first because every dependency ships wheels for it and it is what CI tests.
 # Re-running is cheap: it reinstalls only when pyproject.toml changed or the venv is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ find_python() {
     echo "error: PYTHON=$PYTHON is not a Python >= 3.12 with the venv module" >&2; return 1
   fi
   local candidate
-  for candidate in python3.13 python3.12 python3; do
+  for candidate in python3.12 python3.13 python3; do
     if command -v "$candidate" >/dev/null 2>&1 && is_suitable "$(command -v "$candidate")"; then
       command -v "$candidate"; return 0
     fi
@@ -27,8 +28,11 @@ find_python() {
   if [ -z "$root" ] && command -v pyenv >/dev/null 2>&1; then root=$(pyenv root); fi
   root=${root:-$HOME/.pyenv}
   if [ -d "$root/versions" ]; then
-    for candidate in $(ls -1 "$root/versions" | grep -E '^3\.[0-9]+\.[0-9]+$' | sort -t. -k1,1n -k2,2n -k3,3n -r); do
-      if is_suitable "$root/versions/$candidate/bin/python"; then echo "$root/versions/$candidate/bin/python"; return 0; fi
+    local minor
+    for minor in 12 13 14 15; do
+      for candidate in $(ls -1 "$root/versions" | grep -E "^3\.$minor\.[0-9]+\$" | sort -t. -k3,3nr); do
+        if is_suitable "$root/versions/$candidate/bin/python"; then echo "$root/versions/$candidate/bin/python"; return 0; fi
+      done
     done
   fi
   cat >&2 <<'MSG'
