@@ -1,5 +1,7 @@
-# Entry points; every target sets up .venv first (see scripts/setup.sh; PYTHON=... picks the interpreter).
-PY := .venv/bin/python
+# Entry points; every target sets up the venv first (see scripts/setup.sh; PYTHON=... picks the interpreter).
+VENV ?= .venv
+export VENV
+PY := $(VENV)/bin/python
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -19,4 +21,4 @@ bench: setup
 	$(PY) benchmarks/voting.py
 
 clean:
-	rm -rf .venv .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -87,7 +87,7 @@ def main() -> None:
         for name, seconds in timings.items():
             rows.append({"inputs": kind, "implementation": name, "seconds": seconds,
                          "crops_per_second": args.batch / seconds, "speedup_vs_numpy": baseline / seconds,
-                         "max_error_relative_to_peak": error if name.startswith("jax") else 0.0})
+                         "max_error_relative_to_peak": error if name.startswith("jax") else None})
 
     print(f"Hough voting, batch {args.batch} x {args.height}x{args.width} x K={args.keypoints}, "
           f"best of {args.repeats} ({machine['cpu']}, {machine['cores']} cores, jax {jax.__version__} "

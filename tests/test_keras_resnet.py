@@ -7,7 +7,7 @@ legacy writer produces it (`conv1_conv/kernel`) and as Keras 2 did (`conv1_conv/
 
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ["KERAS_BACKEND"] = "jax"  # the reference runs on JAX; TensorFlow is not a dependency
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
@@ -84,3 +84,5 @@ def test_wrong_or_missing_file_is_one_clear_error(keras_resnet101, tmp_path):
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
     with pytest.raises(WeightFileError, match="ResNet-152"):
         load_keras_resnet(path, depth=152)
+    with pytest.raises(WeightFileError, match="more than 6 blocks in stage conv4; it is not a ResNet-50"):
+        load_keras_resnet(path, depth=50)

@@ -100,3 +100,16 @@ def test_heatmaps_start_at_the_prior_and_offsets_near_zero():
     outputs = model.apply(model.init(jax.random.key(0), crops), crops)
     np.testing.assert_allclose(jax.nn.sigmoid(outputs["heatmap_logits"]).mean(), 0.02, rtol=0.1)
     assert float(jnp.abs(outputs["offsets"]).max()) < 1.0
+
+
+def test_network_upsamples_with_aligned_corners():
+    """The full-resolution output read every 8th pixel is the feature-grid output (cell i at pixel 8i)."""
+    crops = jax.random.normal(jax.random.key(0), (1, 41, 33, 3))
+    model = PoseNet(num_keypoints=3, depth=18, output_stride=8)
+    variables = model.init(jax.random.key(1), crops)
+    full = model.apply(variables, crops)
+    grid = PoseNet(num_keypoints=3, depth=18, output_stride=8, upsample=False).apply(variables, crops)
+    assert grid["offsets"].shape[1:3] == (6, 5)
+    for key in ("heatmap_logits", "offsets"):
+        np.testing.assert_allclose(full[key][:, ::8, ::8], grid[key], atol=1e-6)
+        assert float(jnp.abs(full[key][:, 4::8, 4::8] - grid[key][:, :-1, :-1]).max()) > 1e-6

@@ -106,3 +106,15 @@ def test_compiles_once_per_shape_not_per_radius_or_input_kind(rng):
     assert voting._hough_vote._cache_size() == before + 1
     np.testing.assert_allclose(hough_vote(heatmaps, offsets, 2.0), first)
     jax.block_until_ready(first)
+
+
+def test_non_finite_offsets_drop_their_votes(rng):
+    heatmaps, offsets = random_inputs(rng, (1, 6, 5, 2), 1.0)
+    offsets[0, 2, 3, 1, 0] = np.nan
+    offsets[0, 4, 1, 0, 1] = np.inf
+    got = np.asarray(hough_vote(heatmaps, offsets, 2.0))
+    assert np.all(np.isfinite(got))
+    clean_heatmaps = heatmaps.copy()
+    clean_heatmaps[0, 2, 3, 1] = clean_heatmaps[0, 4, 1, 0] = 0.0
+    clean_offsets = np.nan_to_num(offsets, nan=0.0, posinf=0.0)
+    np.testing.assert_allclose(got, hough_vote_numpy(clean_heatmaps, clean_offsets, 2.0), rtol=1e-5, atol=1e-7)

@@ -92,6 +92,8 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
     Returns:
       float32 scalars `loss`, `heatmap_loss` (L_h) and `offset_loss` (L_o).
     """
+    if huber_delta <= 0:
+        raise ValueError(f"huber_delta must be positive, got {huber_delta}")
     size = heatmap_logits.shape[1:3]
     scale = float(radius if offset_scale is None else offset_scale)
     disk, displacement = _disk_and_displacement(keypoints, size, radius)

@@ -6,7 +6,9 @@ removed and their 3x3 convolutions dilated instead, so the features keep their r
 Two families of ImageNet weights place the stride differently in a stage's first bottleneck:
   * `stride_on="1x1"`: on the first 1x1 convolution (Keras Applications, Caffe, the original paper); convs carry
     biases in Keras's weights (`conv_bias=True`).
-  * `stride_on="3x3"`: on the 3x3 convolution (torchvision, TF-slim "v1.5"); convs have no bias.
+  * `stride_on="3x3"`: on the 3x3 convolution (torchvision, "ResNet v1.5"); convs have no bias.
+    (TF-slim's resnet_v1 differs again: it strides in the last unit of a stage with subsampling shortcuts;
+    its checkpoints need a layout of their own.)
 All padding is explicit and symmetric (pad = dilation * (kernel - 1) / 2), which reproduces both families exactly:
 Keras pads its 7x7 stem by 3 and its max-pool by 1, and a strided 1x1 convolution needs no padding.
 """
@@ -127,7 +129,7 @@ class ResNet(nn.Module):
       depth: 18, 34, 50, 101 or 152.
       output_stride: 8, 16 or 32: ratio of input size to block4 size (for inputs of size s*n+1 the ratio is exact
         in the sense that block4 has n+1 cells, cell i at input pixel s*i).
-      stride_on: "1x1" (Keras/Caffe weights) or "3x3" (torchvision/TF-slim weights); bottleneck depths only.
+      stride_on: "1x1" (Keras/Caffe weights) or "3x3" (torchvision weights); bottleneck depths only.
       conv_bias: whether convolutions have biases (True for Keras Applications weights, False for torchvision).
       bn_frozen: use the stored BatchNorm statistics even when training (fine-tuning with small per-device batches).
       bn_momentum: decay of the running BatchNorm statistics.

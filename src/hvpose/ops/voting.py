@@ -28,6 +28,9 @@ def _check_shapes(heatmaps_shape: tuple[int, ...], offsets_shape: tuple[int, ...
         raise ValueError(f"heatmaps must be (B, H, W, K), got shape {heatmaps_shape}")
     if tuple(offsets_shape) != (*heatmaps_shape, 2):
         raise ValueError(f"offsets must be (B, H, W, K, 2) = {(*heatmaps_shape, 2)}, got shape {offsets_shape}")
+    batch, height, width, num_keypoints = heatmaps_shape
+    if batch * (height + 1) * (width + 1) * num_keypoints >= 2**31 - 1:
+        raise ValueError(f"{heatmaps_shape} is too large for one call (int32 vote indices); vote in smaller batches")
 
 @jax.jit
 def _hough_vote(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> jax.Array:
@@ -58,7 +61,9 @@ def _hough_vote(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> j
     padded_h, padded_w = height + 1, width + 1
     row = y0.astype(jnp.int32) + 1
     col = x0.astype(jnp.int32) + 1
-    inside = (row >= 0) & (row < padded_h) & (col >= 0) & (col < padded_w)
+    # Non-finite offsets cast to arbitrary integers; their votes are dropped like those outside the crop.
+    inside = ((row >= 0) & (row < padded_h) & (col >= 0) & (col < padded_w)
+              & jnp.isfinite(offset_x) & jnp.isfinite(offset_y))
     size = batch * padded_h * padded_w * num_keypoints
     index = (((jnp.arange(batch, dtype=jnp.int32)[:, None, None, None] * padded_h + row) * padded_w + col)
              * num_keypoints + jnp.arange(num_keypoints, dtype=jnp.int32))

@@ -79,6 +79,11 @@ def read_keras_resnet_weights(path: str | os.PathLike[str], depth: int = 101) ->
     batch_stats: dict[str, Any] = {}
     with handle:
         root = handle["model_weights"] if "model_weights" in handle else handle
+        # Deeper ResNets contain every layer name of shallower ones, so also refuse a file with extra blocks.
+        for stage, blocks in enumerate(BOTTLENECK_STAGES[depth]):
+            if f"conv{stage + 2}_block{blocks + 1}_1_conv" in root:
+                raise WeightFileError(f"{path}: has more than {blocks} blocks in stage conv{stage + 2}; "
+                                      f"it is not a ResNet-{depth} weight file")
         for module_path, layer in _keras_layer_names(depth).items():
             if layer not in root:
                 raise WeightFileError(f"{path}: no layer '{layer}' (is this a ResNet-{depth} weight file?)")
