@@ -31,3 +31,37 @@ def test_oks_sigmas_are_pycocotools_values():
     from pycocotools.cocoeval import Params
 
     np.testing.assert_allclose(keypoints.OKS_SIGMAS, Params(iouType="keypoints").kpt_oks_sigmas)
+
+
+def test_coco_category_gives_the_coco17_set(shared_data):
+    dataset = json.loads((shared_data / "coco_sample" / "test_coco.json").read_text())
+    person = next(c for c in dataset["categories"] if c["name"] == "person")
+    derived = keypoints.KeypointSet.from_category(person)
+    assert derived.names == keypoints.COCO17.names
+    assert set(derived.flip_pairs) == set(keypoints.FLIP_PAIRS)  # inferred from left_/right_ names
+    assert derived.sigmas == keypoints.COCO17.sigmas
+    assert set(map(frozenset, derived.skeleton)) == set(map(frozenset, keypoints.SKELETON))
+
+
+def test_other_keypoint_sets_infer_flip_pairs_and_take_config_values():
+    hand = {"keypoints": ["wrist"] + [f"finger{i}_{j}" for i in range(5) for j in range(4)],
+            "skeleton": [[1, 2], [2, 3]]}
+    hand_set = keypoints.KeypointSet.from_category(hand)
+    assert hand_set.num_keypoints == 21 and hand_set.flip_pairs == ()
+    assert hand_set.sigmas == (keypoints.DEFAULT_SIGMA,) * 21
+    body = {"keypoints": ["head", "l_hand", "r_hand", "Left-Foot", "Right-Foot"], "skeleton": []}
+    body_set = keypoints.KeypointSet.from_category(body, sigmas=[0.1] * 5)
+    assert set(body_set.flip_pairs) == {(1, 2), (3, 4)}
+    np.testing.assert_array_equal(body_set.flip_permutation(), [0, 2, 1, 4, 3])
+    assert keypoints.KeypointSet.from_category(body, flip_pairs=[]).flip_pairs == ()
+
+
+def test_inconsistent_keypoint_sets_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="sigmas"):
+        keypoints.KeypointSet(("a", "b"), (), (), (0.1,))
+    with pytest.raises(ValueError, match="out of range"):
+        keypoints.KeypointSet(("a", "b"), ((0, 2),), (), (0.1, 0.1))
+    with pytest.raises(ValueError, match="two flip pairs"):
+        keypoints.KeypointSet(("a", "b", "c"), (), ((0, 1), (1, 2)), (0.1,) * 3)

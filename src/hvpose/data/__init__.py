@@ -1,0 +1,1 @@
+"""Input side: COCO-format reading, TFDS ArrayRecord conversion, crops, augmentation, grain pipelines."""

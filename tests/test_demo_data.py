@@ -1,0 +1,69 @@
+"""The built-in synthetic people: deterministic, mirror-consistent, multi-person with occlusion and truncation."""
+
+import json
+
+import numpy as np
+
+from hvpose.data.coco import load_coco_keypoints
+from hvpose.data.demo_data import ensure_demo_dataset, mirror_scene, render, sample_scene
+from hvpose.data.pipeline import train_loader
+from hvpose.data.tfds_coco import prepare
+from hvpose.keypoints import NAMES, flip_permutation
+
+L_SHOULDER, R_SHOULDER = NAMES.index("left_shoulder"), NAMES.index("right_shoulder")
+
+
+def scenes(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng) for _ in range(count)]
+
+
+def test_mirrored_scene_renders_as_the_flipped_image_with_swapped_labels():
+    for scene in scenes(10, seed=1):
+        image, people = render(scene)
+        mirror_image, mirror_people = render(mirror_scene(scene))
+        width = image.shape[1]
+        assert np.abs(mirror_image.astype(int) - image[:, ::-1].astype(int)).mean() < 1.0
+        assert len(people) == len(mirror_people)
+        for person, mirrored in zip(people, mirror_people):
+            a = np.array(person["keypoints"]).reshape(17, 3)
+            b = np.array(mirrored["keypoints"]).reshape(17, 3)[flip_permutation()]
+            both = (a[:, 2] > 0) & (b[:, 2] > 0)
+            np.testing.assert_allclose(b[both, 0], width - 1 - a[both, 0], atol=0.02)
+            np.testing.assert_allclose(b[both, 1], a[both, 1], atol=0.02)
+            assert np.mean(a[:, 2] == b[:, 2]) >= 15 / 17  # rounding at pixel edges may flip an occlusion flag
+            assert abs(person["area"] - mirrored["area"]) <= 0.05 * person["area"] + 5
+
+
+def test_left_and_right_follow_facing():
+    frontal = back = 0
+    for scene in scenes(40):
+        for person in scene.persons:
+            left_on_image_right = person.joints[L_SHOULDER, 0] > person.joints[R_SHOULDER, 0]
+            assert left_on_image_right == person.frontal
+            frontal += person.frontal
+            back += not person.frontal
+    assert frontal > 10 and back > 10
+
+
+def test_scenes_are_crowded_occluded_truncated_and_varied():
+    people = [person for scene in scenes(200) for person in render(scene)[1]]
+    keypoints = np.array([p["keypoints"] for p in people]).reshape(-1, 17, 3)
+    assert len(people) / 200 >= 2.0
+    assert np.mean((keypoints[:, :, 2] == 1).any(axis=1)) > 0.15  # someone or something in front
+    assert np.mean((keypoints[:, 5:, 2] == 0).any(axis=1)) > 0.05  # body joints cut off by the border
+    heights = np.array([p["bbox"][3] for p in people if p["num_keypoints"] >= 10])
+    assert np.percentile(heights, 90) / np.percentile(heights, 10) > 2.5
+
+
+def test_dataset_is_deterministic_valid_coco_and_trains(tmp_path):
+    paths = ensure_demo_dataset(tmp_path / "a", num_train=12, num_val=4, seed=3)
+    again = ensure_demo_dataset(tmp_path / "b", num_train=12, num_val=4, seed=3)
+    assert json.loads(open(paths["train"]).read()) == json.loads(open(again["train"]).read())
+    assert (tmp_path / "a" / "images" / "train_000001.jpg").read_bytes() == \
+        (tmp_path / "b" / "images" / "train_000001.jpg").read_bytes()
+    dataset = load_coco_keypoints(paths["val"])
+    assert len(dataset.images) == 4 and dataset.warnings == []
+    prepared = prepare(paths["train"], paths["images"], tmp_path / "cache")
+    batch = next(iter(train_loader(prepared, 4, seed=0)))
+    assert batch["image"].shape == (4, 353, 257, 3)
