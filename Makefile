@@ -9,7 +9,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(PY) examples/stage2_core.py
+	$(PY) -m hvpose.main --config=configs/demo.py --workdir=workdir/demo
 
 test: setup
 	$(PY) -m pytest

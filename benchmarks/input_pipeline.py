@@ -25,7 +25,6 @@ import tempfile
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -105,7 +104,8 @@ def library_times(persons: TrainPersons, count: int) -> dict[str, float]:
         inverse = invert_transform(matrix)
         pil_image = Image.fromarray(full)
         timed("warp pillow", lambda: np.asarray(pil_image.transform(
-            (CROP_SIZE[1], CROP_SIZE[0]), Image.Transform.AFFINE, tuple(inverse.reshape(-1)), Image.Resampling.BILINEAR)))
+            (CROP_SIZE[1], CROP_SIZE[0]), Image.Transform.AFFINE, tuple(inverse.reshape(-1)),
+            Image.Resampling.BILINEAR)))
     return {key: value / count for key, value in totals.items()}
 
 
@@ -144,7 +144,8 @@ def main() -> None:
 
     print(f"Input pipeline on {len(persons)} persons from {args.annotations} "
           f"({machine['cpu']}, {machine['cores']} cores)")
-    print(f"\n{'stages (ms per crop)':24} {'read':>6} {'decode':>7} {'warp':>6} {'rest':>6} {'total':>7} {'crops/s':>8}")
+    print(f"\n{'stages (ms per crop)':24} {'read':>6} {'decode':>7} {'warp':>6} {'rest':>6} {'total':>7} "
+          f"{'crops/s':>8}")
     for name, times in stages.items():
         total = sum(times.values())
         print(f"{name:24} " + " ".join(f"{1e3 * times[k]:6.2f}" for k in ("read", "decode", "warp", "rest"))

@@ -39,7 +39,7 @@ def test_every_labelled_person_yields_a_crop_and_keypoints_round_trip(coco, augm
         person = persons[int(batch["person_id"][0])]
         keypoints = batch["keypoints"][0]
         back = apply_transform(batch["crop_to_image"][0].astype(np.float64), keypoints[:, :2])
-        if np.linalg.det(batch["crop_to_image"][0, :, :2]) < 0:  # flipped crop: index k holds the mirror joint of the original
+        if np.linalg.det(batch["crop_to_image"][0, :, :2]) < 0:  # flipped: index k holds the mirror joint
             flips += 1
             back, keypoints = back[flip_permutation()], keypoints[flip_permutation()]
         labelled = person.keypoints[:, 2] > 0

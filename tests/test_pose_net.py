@@ -17,7 +17,7 @@ def test_full_model_output_shapes_at_crop_size():
     assert outputs["heatmap_logits"].shape == (2, 353, 257, 17)
     assert outputs["offsets"].shape == (2, 353, 257, 17, 2)
     assert outputs["aux_offsets"].shape == (2, 353, 257, 17, 2)
-    grid = jax.eval_shape(lambda: PoseNet(upsample=False).init_with_output(
+    grid = jax.eval_shape(lambda: PoseNet(map_stride=8).init_with_output(
         jax.random.key(0), jnp.zeros((1, 353, 257, 3)))[0])
     assert grid["heatmap_logits"].shape == (1, 45, 33, 17)
 
@@ -108,8 +108,10 @@ def test_network_upsamples_with_aligned_corners():
     model = PoseNet(num_keypoints=3, depth=18, output_stride=8)
     variables = model.init(jax.random.key(1), crops)
     full = model.apply(variables, crops)
-    grid = PoseNet(num_keypoints=3, depth=18, output_stride=8, upsample=False).apply(variables, crops)
-    assert grid["offsets"].shape[1:3] == (6, 5)
+    grid = PoseNet(num_keypoints=3, depth=18, output_stride=8, map_stride=8).apply(variables, crops)
+    half = PoseNet(num_keypoints=3, depth=18, output_stride=8, map_stride=2).apply(variables, crops)
+    assert grid["offsets"].shape[1:3] == (6, 5) and half["offsets"].shape[1:3] == (21, 17)
     for key in ("heatmap_logits", "offsets"):
         np.testing.assert_allclose(full[key][:, ::8, ::8], grid[key], atol=1e-6)
+        np.testing.assert_allclose(full[key][:, ::2, ::2], half[key], atol=1e-6)
         assert float(jnp.abs(full[key][:, 4::8, 4::8] - grid[key][:, :-1, :-1]).max()) > 1e-6

@@ -17,18 +17,20 @@ def keypoints_example():
     ], np.float32)
 
 
-def reference_targets(keypoints):
+def reference_targets(keypoints, stride=1):
+    """Targets at crop pixels (stride * i, stride * j)."""
     batch, num_keypoints, _ = keypoints.shape
-    heat = np.zeros((batch, H, W, num_keypoints))
-    offs = np.zeros((batch, H, W, num_keypoints, 2))
+    rows, cols = range(0, H, stride), range(0, W, stride)
+    heat = np.zeros((batch, len(rows), len(cols), num_keypoints))
+    offs = np.zeros((batch, len(rows), len(cols), num_keypoints, 2))
     for b in range(batch):
         for k in range(num_keypoints):
             x, y, v = keypoints[b, k]
-            for i in range(H):
-                for j in range(W):
-                    if v > 0 and (x - j) ** 2 + (y - i) ** 2 <= R * R:
+            for i, row in enumerate(rows):
+                for j, col in enumerate(cols):
+                    if v > 0 and (x - col) ** 2 + (y - row) ** 2 <= R * R:
                         heat[b, i, j, k] = 1
-                        offs[b, i, j, k] = (x - j, y - i)
+                        offs[b, i, j, k] = (x - col, y - row)
     return heat, offs
 
 
@@ -44,8 +46,8 @@ def test_targets_match_per_pixel_definition():
     assert heat[1, :, :, 4].sum() == 0  # far outside the crop
 
 
-def reference_loss(logits, offsets, keypoints, delta, scale, wh=4.0, wo=1.0):
-    heat, target = reference_targets(keypoints)
+def reference_loss(logits, offsets, keypoints, delta, scale, wh=4.0, wo=1.0, stride=1):
+    heat, target = reference_targets(keypoints, stride)
     logits = logits.astype(np.float64)
     bce = np.maximum(logits, 0) - logits * heat + np.log1p(np.exp(-np.abs(logits)))
     heatmap_loss = bce.mean()
@@ -59,14 +61,16 @@ def reference_loss(logits, offsets, keypoints, delta, scale, wh=4.0, wo=1.0):
     return wh * heatmap_loss + wo * offset_loss, heatmap_loss, offset_loss
 
 
-@pytest.mark.parametrize("delta, scale", [(1.0, None), (0.5, 1.0), (10.0, 2.0)])
-def test_loss_matches_direct_formula(rng, delta, scale):
+@pytest.mark.parametrize("delta, scale, stride", [(1.0, None, 1), (0.5, 1.0, 1), (10.0, 2.0, 1), (1.0, None, 2),
+                                                  (1.0, None, 3)])
+def test_loss_matches_direct_formula(rng, delta, scale, stride):
     keypoints = keypoints_example()
-    logits = rng.normal(0, 3, (2, H, W, 5)).astype(np.float32)
-    offsets = rng.normal(0, 2, (2, H, W, 5, 2)).astype(np.float32)
-    got = jax.jit(keypoint_loss, static_argnames=("radius", "huber_delta", "offset_scale"))(
-        logits, offsets, keypoints, radius=R, huber_delta=delta, offset_scale=scale)
-    want = reference_loss(logits, offsets, keypoints, delta, R if scale is None else scale)
+    shape = (2, len(range(0, H, stride)), len(range(0, W, stride)), 5)
+    logits = rng.normal(0, 3, shape).astype(np.float32)
+    offsets = rng.normal(0, 2, (*shape, 2)).astype(np.float32)
+    got = jax.jit(keypoint_loss, static_argnames=("radius", "huber_delta", "offset_scale", "pixel_stride"))(
+        logits, offsets, keypoints, radius=R, huber_delta=delta, offset_scale=scale, pixel_stride=stride)
+    want = reference_loss(logits, offsets, keypoints, delta, R if scale is None else scale, stride=stride)
     np.testing.assert_allclose([got["loss"], got["heatmap_loss"], got["offset_loss"]], want, rtol=1e-5)
 
 

@@ -13,7 +13,7 @@ from hvpose.targets import make_targets
 
 
 def brute_force_vote(heatmaps, offsets, radius):
-    """f_k(x) = sum_j 1/(pi R^2) G(x_j + F_k(x_j) - x) h_k(x_j), literally, with G(d) = max(0, 1-|dx|) max(0, 1-|dy|)."""
+    """f_k(x) = sum_j 1/(pi R^2) G(x_j + F_k(x_j) - x) h_k(x_j) literally; G(d) = max(0, 1-|dx|) max(0, 1-|dy|)."""
     batch, height, width, num_keypoints = heatmaps.shape
     scores = np.zeros((batch, height, width, num_keypoints))
     for b in range(batch):

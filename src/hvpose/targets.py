@@ -26,17 +26,17 @@ import jax.numpy as jnp
 import optax
 
 
-def pixel_grid(height: int, width: int) -> tuple[jax.Array, jax.Array]:
-    """Row (y) and column (x) coordinates of crop pixels, shaped (H, 1) and (1, W) for broadcasting."""
-    ys = jnp.arange(height, dtype=jnp.float32)[:, None]
-    xs = jnp.arange(width, dtype=jnp.float32)[None, :]
+def pixel_grid(height: int, width: int, stride: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Row (y) and column (x) coordinates of every `stride`-th crop pixel ((H, 1) and (1, W), for broadcasting)."""
+    ys = jnp.arange(height, dtype=jnp.float32)[:, None] * stride
+    xs = jnp.arange(width, dtype=jnp.float32)[None, :] * stride
     return ys, xs
 
 
-def _disk_and_displacement(keypoints: jax.Array, size: tuple[int, int], radius: float
+def _disk_and_displacement(keypoints: jax.Array, size: tuple[int, int], radius: float, stride: int = 1
                            ) -> tuple[jax.Array, jax.Array]:
-    """Disk mask (B, H, W, K) and displacement l_k - x_i (B, H, W, K, 2) as (x, y)."""
-    ys, xs = pixel_grid(*size)
+    """Disk mask (B, H, W, K) and displacement l_k - x_i (B, H, W, K, 2) as (x, y) on a stride-`stride` grid."""
+    ys, xs = pixel_grid(*size, stride)
     keypoints = keypoints.astype(jnp.float32)
     kx = keypoints[:, None, None, :, 0]
     ky = keypoints[:, None, None, :, 1]
@@ -77,7 +77,7 @@ def huber(error_norm_squared: jax.Array, delta: float) -> jax.Array:
 
 def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.Array, radius: float,
                   heatmap_weight: float = 4.0, offset_weight: float = 1.0, huber_delta: float = 1.0,
-                  offset_scale: float | None = None) -> dict[str, jax.Array]:
+                  offset_scale: float | None = None, pixel_stride: int = 1) -> dict[str, jax.Array]:
     """The G-RMI loss L = heatmap_weight * L_h + offset_weight * L_o for one head (see the module docstring).
 
     Args:
@@ -88,6 +88,8 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
       heatmap_weight, offset_weight: lambda_h and lambda_o.
       huber_delta: Huber threshold in crop pixels.
       offset_scale: pixels per unit of offset error in L_o (default: `radius`).
+      pixel_stride: the maps hold every `pixel_stride`-th crop pixel (PoseNet's `map_stride`); 1 = all pixels,
+        as in the paper. Larger strides estimate the same averages from fewer pixels, for speed.
 
     Returns:
       float32 scalars `loss`, `heatmap_loss` (L_h) and `offset_loss` (L_o).
@@ -96,7 +98,7 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
         raise ValueError(f"huber_delta must be positive, got {huber_delta}")
     size = heatmap_logits.shape[1:3]
     scale = float(radius if offset_scale is None else offset_scale)
-    disk, displacement = _disk_and_displacement(keypoints, size, radius)
+    disk, displacement = _disk_and_displacement(keypoints, size, radius, pixel_stride)
     heatmap_logits = heatmap_logits.astype(jnp.float32)
     heatmap_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(heatmap_logits, disk.astype(jnp.float32)))
     error = (offsets.astype(jnp.float32) - displacement) / scale

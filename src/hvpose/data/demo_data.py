@@ -7,8 +7,9 @@ people and free-standing occluders hide parts of farther ones (those keypoints g
 border are truncated (keypoints outside the image are unlabelled, as in COCO). Sizes vary about fourfold.
 
 Left and right are told apart only by facing: a person seen from the front shows a face (eyes, nose, mouth) and
-has their left side on the image's right; a person seen from the back shows hair and has their left side on the
-image's left (and their eyes and nose are unlabelled). Both sides of a body share the same colours, and every
+the shirt's front (open neckline, buttons) and has their left side on the image's right; a person seen from the
+back shows hair and a plain shirt and has their left side on the image's left (and their eyes and nose are
+unlabelled). Both sides of a body share the same colours, and every
 random choice is drawn from a mirror-symmetric distribution, so a flipped scene with left/right labels swapped
 is another scene the generator could have drawn (`mirror_scene` builds it; the tests check the rendering).
 """
@@ -165,6 +166,15 @@ def _draw_person(canvas: np.ndarray, person: Person, color_of: dict[str, tuple[i
     cv2.fillConvexPoly(canvas, np.array([_pt(p) for p in torso], np.int32), colors["shirt"], cv2.LINE_AA, _SHIFT)
     neck = (j[L_SHOULDER] + j[R_SHOULDER]) / 2
     head = (j[L_EAR] + j[R_EAR]) / 2
+    down = (neck - head) / (np.linalg.norm(neck - head) + 1e-9)
+    across = (j[L_SHOULDER] - j[R_SHOULDER]) / 2
+    if person.frontal and color_of is None:  # the shirt's front: an open neckline and a row of buttons
+        neckline = np.array([neck + 0.35 * across, neck - 0.35 * across, neck + down * 0.9 * u])
+        cv2.fillConvexPoly(canvas, np.array([_pt(p) for p in neckline], np.int32), colors["skin"], cv2.LINE_AA,
+                           _SHIFT)
+        for step in (1.3, 1.8, 2.3):
+            cv2.circle(canvas, _pt(neck + down * step * u), int(0.09 * u * (1 << _SHIFT)) + 1,
+                       tuple(255 - c for c in colors["shirt"]), -1, cv2.LINE_AA, _SHIFT)
     cv2.line(canvas, _pt(neck), _pt(head), colors["skin"], max(1, int(round(0.4 * u))), cv2.LINE_AA, _SHIFT)
     for shoulder, elbow, wrist in ((L_SHOULDER, L_ELBOW, L_WRIST), (R_SHOULDER, R_ELBOW, R_WRIST)):
         limb(shoulder, elbow, colors["shirt"], 0.45)
@@ -176,7 +186,8 @@ def _draw_person(canvas: np.ndarray, person: Person, color_of: dict[str, tuple[i
         disk(head + up * 0.3 * u, 0.35 * u, colors["hair"])  # fringe
         if color_of is None:
             for eye in (L_EYE, R_EYE):
-                disk(j[eye], 0.09 * u, (20, 20, 20))
+                disk(j[eye], 0.11 * u, (245, 245, 245))
+                disk(j[eye], 0.07 * u, (20, 20, 20))
             disk(j[NOSE], 0.08 * u, tuple(int(c * 0.7) for c in colors["skin"]))
             mouth = j[NOSE] + (j[NOSE] - head) * 1.3
             cv2.ellipse(canvas, _pt(mouth), (int(0.15 * u * (1 << _SHIFT)), int(0.05 * u * (1 << _SHIFT))),

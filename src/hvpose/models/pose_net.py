@@ -66,10 +66,13 @@ class PoseNet(nn.Module):
 
     Attributes:
       num_keypoints: K.
-      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon: backbone (see ResNet).
+      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width: backbone
+        (see ResNet).
       aux_head: add a second 1x1 head on block3.
-      upsample: upsample to the crop size (False returns the maps on the stride-s feature grid; their offsets
-        are still in crop pixels, so voting on that grid needs offsets and R divided by `output_stride`).
+      map_stride: the maps are sampled at every `map_stride`-th crop pixel: 1 is full crop resolution (the paper;
+        what voting uses), `output_stride` is the feature grid itself (no upsampling). Any divisor of
+        `output_stride` keeps the samples on crop pixels (pixel (m*i, m*j)); training can compute its loss on
+        such a grid for speed (`keypoint_loss(..., pixel_stride=m)`). Offsets are always in crop pixels.
       heatmap_prior: initial heatmap probability (bias log(p / (1 - p))): disks cover ~2% of a crop, so starting
         near that instead of 0.5 avoids a large, uninformative first phase of the logistic loss.
       dtype: compute dtype (jnp.bfloat16 on TPU/GPU); parameters are float32.
@@ -83,8 +86,9 @@ class PoseNet(nn.Module):
     bn_frozen: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1.001e-5
+    base_width: int = 64
     aux_head: bool = False
-    upsample: bool = True
+    map_stride: int = 1
     heatmap_prior: float = 0.01
     dtype: Any = jnp.float32
 
@@ -92,8 +96,8 @@ class PoseNet(nn.Module):
     def __call__(self, crops: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         features = ResNet(
             depth=self.depth, output_stride=self.output_stride, stride_on=self.stride_on, conv_bias=self.conv_bias,
-            bn_frozen=self.bn_frozen, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-            name="backbone")(crops, train=train)
+            bn_frozen=self.bn_frozen, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+            base_width=self.base_width, dtype=self.dtype, name="backbone")(crops, train=train)
         heads = {"": features["block4"]}
         if self.aux_head:
             heads["aux_"] = features["block3"]
@@ -110,7 +114,10 @@ class PoseNet(nn.Module):
             # 16-32 px and 1/4 px beyond, and this 1x1 convolution is a negligible part of the cost.
             maps = nn.Conv(3 * k, (1, 1), dtype=jnp.float32, kernel_init=nn.initializers.normal(0.01),
                            bias_init=head_bias, name=f"{prefix}head")(feature.astype(jnp.float32))
-            if self.upsample:
-                maps = resize_aligned_corners(maps, crops.shape[1:3])
+            if self.output_stride % self.map_stride:
+                raise ValueError(f"map_stride {self.map_stride} must divide output_stride {self.output_stride}")
+            if self.map_stride < self.output_stride:
+                size = tuple((n - 1) // self.map_stride + 1 for n in crops.shape[1:3])
+                maps = resize_aligned_corners(maps, size)
             outputs.update({prefix + key: value for key, value in split_head(maps, k).items()})
         return outputs

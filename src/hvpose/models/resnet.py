@@ -134,6 +134,8 @@ class ResNet(nn.Module):
       bn_frozen: use the stored BatchNorm statistics even when training (fine-tuning with small per-device batches).
       bn_momentum: decay of the running BatchNorm statistics.
       bn_epsilon: BatchNorm epsilon (Keras Applications ResNet uses 1.001e-5, torchvision 1e-5).
+      base_width: channels of the stem and of stage conv2 (64 in every published ResNet; smaller values give
+        proportionally narrower, ~quadratically cheaper networks for tests and CPU demos).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     """
 
@@ -144,6 +146,7 @@ class ResNet(nn.Module):
     bn_frozen: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1.001e-5
+    base_width: int = 64
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -160,7 +163,7 @@ class ResNet(nn.Module):
         block_cls = Bottleneck if bottleneck else Basic
 
         x = images.astype(self.dtype)
-        x = nn.Conv(64, (7, 7), strides=2, padding=_pad(7), use_bias=self.conv_bias, dtype=self.dtype,
+        x = nn.Conv(self.base_width, (7, 7), strides=2, padding=_pad(7), use_bias=self.conv_bias, dtype=self.dtype,
                     name="stem_conv")(x)
         x = nn.relu(norm("stem_bn")(x))
         features = {"stem": x}
@@ -169,7 +172,8 @@ class ResNet(nn.Module):
 
         previous_dilation = 1
         for stage, ((stride, dilation), blocks, width) in enumerate(
-                zip(stage_strides_and_dilations(self.output_stride), stages, STAGE_WIDTHS)):
+                zip(stage_strides_and_dilations(self.output_stride), stages,
+                    [w * self.base_width // 64 for w in STAGE_WIDTHS])):
             # When a stride is replaced by dilation, the block that would have strided sees the undecimated grid
             # before its 3x3 if the stride sat on that 3x3 (torchvision), so it keeps the previous dilation; with
             # the stride on the 1x1 (Keras) the 3x3 already works on the decimated grid and takes the new one.

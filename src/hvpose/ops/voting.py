@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
+
 def _check_shapes(heatmaps_shape: tuple[int, ...], offsets_shape: tuple[int, ...]) -> None:
     if len(heatmaps_shape) != 4:
         raise ValueError(f"heatmaps must be (B, H, W, K), got shape {heatmaps_shape}")
@@ -32,8 +33,9 @@ def _check_shapes(heatmaps_shape: tuple[int, ...], offsets_shape: tuple[int, ...
     if batch * (height + 1) * (width + 1) * num_keypoints >= 2**31 - 1:
         raise ValueError(f"{heatmaps_shape} is too large for one call (int32 vote indices); vote in smaller batches")
 
-@jax.jit
-def _hough_vote(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> jax.Array:
+
+def vote_maps(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> jax.Array:
+    """The voting kernel as a pure jnp function (for use inside a caller's jit); see `hough_vote`."""
     batch, height, width, num_keypoints = heatmaps.shape
     heatmaps = heatmaps.astype(jnp.float32)
     offsets = offsets.astype(jnp.float32)
@@ -75,6 +77,10 @@ def _hough_vote(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> j
     # and corner 3 of (y-1, x-1); padded index = pixel index + 1.
     return (acc[:, 1:, 1:, :, 0] + acc[:, 1:, :-1, :, 1] + acc[:, :-1, 1:, :, 2] + acc[:, :-1, :-1, :, 3])
 
+
+_hough_vote = jax.jit(vote_maps)
+
+
 def hough_vote(heatmaps: ArrayLike, offsets: ArrayLike, radius: float) -> jax.Array:
     """Hough-voting score maps f_k (B, H, W, K) from heatmap probabilities and offsets.
 
@@ -89,6 +95,7 @@ def hough_vote(heatmaps: ArrayLike, offsets: ArrayLike, radius: float) -> jax.Ar
     heatmaps, offsets = jax.device_put(heatmaps), jax.device_put(offsets)  # no-op for device arrays
     _check_shapes(heatmaps.shape, offsets.shape)
     return _hough_vote(heatmaps, offsets, jnp.asarray(radius, jnp.float32))
+
 
 def hough_vote_numpy(heatmaps: ArrayLike, offsets: ArrayLike, radius: float,
                      dtype: type[np.floating] = np.float64) -> np.ndarray:
@@ -117,8 +124,9 @@ def hough_vote_numpy(heatmaps: ArrayLike, offsets: ArrayLike, radius: float,
         scores += np.bincount(index, weights=(weight * corner)[inside], minlength=scores.size)
     return scores.reshape(batch, num_keypoints, height, width).transpose(0, 2, 3, 1)
 
-@jax.jit
-def _decode(score_maps: jax.Array) -> jax.Array:
+
+def argmax_keypoints(score_maps: jax.Array) -> jax.Array:
+    """(B, K, 3) keypoints (x, y, score) at each map's argmax, as a pure jnp function; see `decode`."""
     batch, height, width, num_keypoints = score_maps.shape
     flat = score_maps.reshape(batch, height * width, num_keypoints)
     best = jnp.argmax(flat, axis=1)  # (B, K)
@@ -127,12 +135,17 @@ def _decode(score_maps: jax.Array) -> jax.Array:
     y = (best // width).astype(jnp.float32)
     return jnp.stack([x, y, score.astype(jnp.float32)], axis=-1)
 
+
+_decode = jax.jit(argmax_keypoints)
+
+
 def decode(score_maps: ArrayLike) -> jax.Array:
     """Keypoints (B, K, 3) as (x, y, score) at the argmax of each (B, H, W, K) score map (first on ties)."""
     score_maps = jnp.asarray(score_maps)
     if score_maps.ndim != 4:
         raise ValueError(f"score maps must be (B, H, W, K), got shape {score_maps.shape}")
     return _decode(score_maps)
+
 
 @jax.jit
 def _decode_argmax_offset(heatmaps: jax.Array, offsets: jax.Array) -> jax.Array:
@@ -146,6 +159,7 @@ def _decode_argmax_offset(heatmaps: jax.Array, offsets: jax.Array) -> jax.Array:
     y = (best // width).astype(jnp.float32) + offset[..., 1]
     return jnp.stack([x, y, score.astype(jnp.float32)], axis=-1)
 
+
 def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike) -> jax.Array:
     """The no-voting baseline: (x, y) = heatmap argmax + its offset, score = the heatmap there. (B, K, 3)."""
     heatmaps = jnp.asarray(heatmaps)
@@ -153,4 +167,5 @@ def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike) -> jax.Array:
     _check_shapes(heatmaps.shape, offsets.shape)
     return _decode_argmax_offset(heatmaps, offsets)
 
-__all__ = ["decode", "decode_argmax_offset", "hough_vote", "hough_vote_numpy"]
+
+__all__ = ["argmax_keypoints", "decode", "decode_argmax_offset", "hough_vote", "hough_vote_numpy", "vote_maps"]

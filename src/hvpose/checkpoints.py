@@ -1,0 +1,107 @@
+"""Checkpoints with orbax-checkpoint: the train state and the grain iterator position, saved together.
+
+Saves are asynchronous (training continues while arrays are written), every `save_every` steps plus forced
+saves at the end and on preemption; the newest `keep` are preserved. Restoring targets the current mesh with
+explicit (replicated) shardings, so a run resumes on a different number of devices or hosts. The config is
+written beside the checkpoints as `config.json`, so a checkpoint can be loaded without the original config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
+
+from hvpose.keypoints import KeypointSet
+
+CONFIG_FILE = "config.json"
+
+
+class Checkpointer:
+    """CheckpointManager over items `state` (a pytree) and `data` (a grain DataLoaderIterator)."""
+
+    def __init__(self, directory: str, save_every: int, keep: int):
+        self.directory = directory
+        options = ocp.CheckpointManagerOptions(
+            # Every `save_every` steps (not also at the first step, as the default policy does); forced saves
+            # at the end and on preemption come from the loop.
+            save_decision_policy=save_decision_policy.FixedIntervalPolicy(max(int(save_every), 1)),
+            preservation_policy=preservation_policy.LatestN(max(int(keep), 1)),
+            enable_async_checkpointing=True,
+        )
+        self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+    def save_config(self, config: ml_collections.ConfigDict, keypoint_set: KeypointSet) -> None:
+        """Writes the config and the keypoint set as JSON beside the checkpoints (process 0 only)."""
+        if jax.process_index() != 0:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        payload = {"config": json.loads(config.to_json_best_effort()),
+                   "keypoint_set": dataclasses.asdict(keypoint_set)}
+        with open(os.path.join(self.directory, CONFIG_FILE), "w") as f:
+            json.dump(payload, f, indent=2)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore_latest(self, abstract_state: Any, mesh: jax.sharding.Mesh,
+                       data_iterator: grain.DataLoaderIterator | None) -> Any | None:
+        """The newest checkpoint's state placed replicated on `mesh` (and the iterator moved), or None."""
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+        items = {"state": ocp.args.StandardRestore(target)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"]
+
+    def maybe_save(self, step: int, state: Any, data_iterator: grain.DataLoaderIterator, force: bool = False) -> bool:
+        """Saves if `step` is due (or `force`); asynchronous."""
+        return self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process once any process was told of a preemption (multi-host TPU/GPU)."""
+        return self._manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def read_config(checkpoint_dir: str) -> tuple[ml_collections.ConfigDict, KeypointSet]:
+    """The config and keypoint set saved beside checkpoints by training."""
+    with open(os.path.join(checkpoint_dir, CONFIG_FILE)) as f:
+        payload = json.load(f)
+    keypoint_set = payload["keypoint_set"]
+    keypoint_set = KeypointSet(
+        names=tuple(keypoint_set["names"]), skeleton=tuple(map(tuple, keypoint_set["skeleton"])),
+        flip_pairs=tuple(map(tuple, keypoint_set["flip_pairs"])), sigmas=tuple(keypoint_set["sigmas"]))
+    return ml_collections.ConfigDict(payload["config"]), keypoint_set
+
+
+def restore_variables(checkpoint_dir: str, abstract_state: Any, step: int | None = None) -> tuple[Any, int]:
+    """The train state of a checkpoint (newest by default) on the local devices, without the data iterator."""
+    manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint")
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    manager.close()
+    return restored["state"], step

@@ -1,0 +1,67 @@
+"""Training metrics: WORKDIR/metrics.jsonl, TensorBoard events (tensorboardX, no TensorFlow), a console line.
+
+Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+
+
+class MetricWriter:
+    """Writes one JSON object per logged step and the same scalars to TensorBoard; prints throughput and ETA."""
+
+    def __init__(self, workdir: str, total_steps: int):
+        self._active = jax.process_index() == 0
+        self._total = total_steps
+        self._start = time.perf_counter()
+        self._first_step: int | None = None
+        if not self._active:
+            return
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        from tensorboardX import SummaryWriter
+
+        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float], crops_per_second: float) -> None:
+        if not self._active:
+            return
+        if self._first_step is None:
+            self._first_step, self._start = step, time.perf_counter()
+        record = {"step": step, **scalars, "crops_per_second": crops_per_second}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key != "step":
+                self._tensorboard.add_scalar(key, value, step)
+        self._tensorboard.flush()
+        done = step - self._first_step
+        elapsed = time.perf_counter() - self._start
+        eta = elapsed / done * (self._total - step) if done else float("nan")
+        print(f"step {step:>7}/{self._total}  loss {scalars['loss']:.4f}  heatmap {scalars['heatmap_loss']:.4f}  "
+              f"offset {scalars['offset_loss']:.4f}  lr {scalars['learning_rate']:.2e}  "
+              f"{crops_per_second:6.1f} crops/s  ETA {_duration(eta)}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._active:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: not known yet
+        return "--"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def dump(path: str, payload: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)

@@ -1,0 +1,242 @@
+"""Training: the train state, the pure train step, and the loop (checkpoints, metrics, preemption, evaluation).
+
+The step is one `jax.jit` over a 1-D data mesh spanning every device of every process: parameters and optimizer
+state replicated, the batch sharded along its leading axis. Under jit the BatchNorm statistics of a sharded batch
+are computed over the global batch (XLA inserts the cross-device reductions), so 1 and N devices train alike.
+The state is donated, so parameters are updated in place.
+
+Resumption is exact: the state (step, parameters, optimizer, BatchNorm statistics) and the grain iterator's
+position are checkpointed together; the step has no randomness of its own (augmentation randomness is grain's,
+seeded per element), so running the same command again continues with the same batches and the same updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from hvpose import checkpoints, experiment
+from hvpose.data.pipeline import global_batch, train_loader
+from hvpose.metrics import MetricWriter
+from hvpose.models.pose_net import PoseNet
+from hvpose.targets import total_loss
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: updates applied so far
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    nonfinite_step: jax.Array  # int32: first step whose loss or gradient was NaN/Inf (-1: none); that update is skipped
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss."""
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to the peak (scaled by batch / 64), then 10x decays at the configured fractions of steps."""
+    t = config.train
+    peak = t.learning_rate * t.batch_size / 64
+    boundaries = {int(fraction * t.steps): 0.1 for fraction in t.decay_boundaries if int(fraction * t.steps) > 0}
+    warmup = optax.linear_schedule(peak * 1e-3, peak, max(t.warmup_steps, 1))
+    decay = optax.piecewise_constant_schedule(peak, {k - t.warmup_steps: v for k, v in boundaries.items()
+                                                     if k > t.warmup_steps})
+    return optax.join_schedules([warmup, decay], [t.warmup_steps])
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on convolution kernels only (not biases, not BatchNorm scales)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    t = config.train
+    schedule = learning_rate_schedule(config)
+    if t.optimizer == "adamw":
+        optimizer = optax.adamw(schedule, weight_decay=t.weight_decay, mask=_decay_mask)
+    elif t.optimizer == "momentum":
+        optimizer = optax.chain(optax.add_decayed_weights(t.weight_decay, _decay_mask),
+                                optax.sgd(schedule, momentum=0.9, nesterov=True))
+    else:
+        raise experiment.ConfigError(f"config.train.optimizer: {t.optimizer!r} is not 'adamw' or 'momentum'")
+    if t.grad_clip_norm:
+        optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), optimizer)
+    return optimizer
+
+
+def init_state(model: PoseNet, optimizer: optax.GradientTransformation, crop_size: tuple[int, int], seed: int,
+               backbone: str = "") -> TrainState:
+    """Fresh state: random initialisation, with the backbone from a Keras ImageNet h5 when `backbone` is set."""
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.float32))
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    if backbone:
+        from hvpose.pretrained.keras_resnet import check_matches, read_keras_resnet_weights
+
+        loaded = read_keras_resnet_weights(backbone, model.depth)
+        check_matches(loaded, {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, backbone)
+        params = {**params, "backbone": jax.tree.map(jnp.asarray, loaded["params"])}
+        batch_stats = {**batch_stats, "backbone": jax.tree.map(jnp.asarray, loaded["batch_stats"])}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: PoseNet,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule, loss_config: dict[str, float],
+               preprocess_mode: str) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on a (global) batch of crops and keypoints; pure. A non-finite loss skips the update."""
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+        outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                       experiment.preprocess(batch["image"], preprocess_mode), train=True,
+                                       mutable=["batch_stats"])
+        terms = total_loss(outputs, batch["keypoints"], **loss_config)
+        return terms["loss"], (terms, updates["batch_stats"])
+
+    (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
+    )
+    metrics = {**terms, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
+    return new_state, metrics
+
+
+def loss_config(config: ml_collections.ConfigDict) -> dict[str, float]:
+    c = config.loss
+    return {"radius": c.radius, "heatmap_weight": c.heatmap_weight, "offset_weight": c.offset_weight,
+            "huber_delta": c.huber_delta, "offset_scale": c.offset_scale, "aux_weight": c.aux_weight,
+            "pixel_stride": c.map_stride}
+
+
+def jit_train_step(config: ml_collections.ConfigDict, model: PoseNet, optimizer: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh, state: TrainState) -> Callable[..., tuple[TrainState, dict]]:
+    """The train step jitted with explicit shardings and the state donated."""
+    step = jax.tree_util.Partial(train_step, model=model, optimizer=optimizer,
+                                 schedule=learning_rate_schedule(config), loss_config=loss_config(config),
+                                 preprocess_mode=config.model.preprocess)
+    state_sharding = jax.tree.map(lambda _: experiment.replicated(mesh), state)
+    return jax.jit(step, in_shardings=(state_sharding, experiment.batch_sharded(mesh)),
+                   out_shardings=(state_sharding, experiment.replicated(mesh)), donate_argnums=0)
+
+
+class _StopSignal:
+    """Turns SIGTERM (preemption, scheduler time limits) into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopSignal":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. notebooks running in a thread): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.received = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          evaluate_fn: Callable[[dict, int], dict] | None = None,
+          stop_at: int | None = None) -> TrainState:
+    """Trains (or resumes) according to `config`, writing checkpoints and metrics under `workdir`.
+
+    `evaluate_fn(variables, step)` runs every `config.train.eval_every` steps and at the end, if given.
+    `stop_at` ends this run after that step with a checkpoint, as a preemption would (for time-boxed jobs).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    crop = experiment.crop_size(config)
+    prepared = experiment.prepare_split(config, "train", workdir)
+    keypoint_set = prepared.dataset.keypoint_set
+    model = experiment.build_model(config, keypoint_set.num_keypoints, map_stride=config.loss.map_stride)
+    optimizer = make_optimizer(config)
+    mesh = experiment.make_mesh()
+    if config.train.batch_size % jax.device_count():
+        raise experiment.ConfigError(f"config.train.batch_size {config.train.batch_size} is not divisible by the "
+                                     f"{jax.device_count()} devices")
+    loader = train_loader(prepared, config.train.batch_size, seed=config.seed, augment=experiment.augmentation(config),
+                          crop_size=crop, worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+    data_iterator = iter(loader)
+
+    with jax.set_mesh(mesh):
+        abstract = jax.eval_shape(lambda: init_state(model, optimizer, crop, config.seed))
+        manager = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
+                                           config.train.keep_checkpoints)
+        manager.save_config(config, keypoint_set)
+        state = manager.restore_latest(abstract, mesh, data_iterator)
+        if state is None:
+            state = jax.device_put(init_state(model, optimizer, crop, config.seed, config.init.backbone),
+                                   experiment.replicated(mesh))
+        else:
+            log.warning("hvpose: resumed from step %d in %s", int(state.step), manager.directory)
+        step_fn = jit_train_step(config, model, optimizer, mesh, state)
+        writer = MetricWriter(workdir, total_steps=config.train.steps)
+        step = int(state.step)
+        window_start, window_crops = time.perf_counter(), 0
+        try:
+            with _StopSignal() as stop:
+                while step < config.train.steps:
+                    batch = global_batch(next(data_iterator), mesh)
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    window_crops += config.train.batch_size
+                    if step % config.train.log_every == 0 or step == config.train.steps:
+                        metrics = jax.device_get(metrics)
+                        if int(state.nonfinite_step) >= 0 or not math.isfinite(float(metrics["loss"])):
+                            raise NonFiniteLossError(
+                                f"non-finite loss or gradient at step {max(int(state.nonfinite_step), step - 1)} "
+                                f"(loss {float(metrics['loss'])}); lower config.train.learning_rate or check the "
+                                "data")
+                        elapsed = time.perf_counter() - window_start
+                        writer.write(step, {k: float(v) for k, v in metrics.items()},
+                                     crops_per_second=window_crops / max(elapsed, 1e-9))
+                        window_start, window_crops = time.perf_counter(), 0
+                    preempted = stop.received or manager.reached_preemption(step) or step == stop_at
+                    manager.maybe_save(step, state, data_iterator, force=preempted or step == config.train.steps)
+                    if preempted:
+                        manager.wait()
+                        log.warning("hvpose: stop requested; saved step %d, exiting (run the same command to "
+                                    "resume)", step)
+                        break
+                    if evaluate_fn and config.train.eval_every and step % config.train.eval_every == 0 \
+                            and step < config.train.steps:
+                        evaluate_fn({"params": state.params, "batch_stats": state.batch_stats}, step)
+        finally:
+            manager.wait()
+            manager.close()
+            writer.close()
+            del data_iterator  # stops grain's worker processes now rather than at interpreter exit
+    if evaluate_fn and step == config.train.steps:
+        evaluate_fn({"params": state.params, "batch_stats": state.batch_stats}, step)
+    return state
+
+
+__all__ = ["TrainState", "init_state", "jit_train_step", "make_optimizer", "train", "train_step"]

@@ -1,0 +1,131 @@
+"""Evaluation pieces: COCOeval wrapper, OKS and OKS-NMS, flip alignment, the crop -> image chain."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hvpose.data.coco import load_coco_keypoints
+from hvpose.data.pipeline import eval_loader, gt_boxes
+from hvpose.data.tfds_coco import prepare
+from hvpose.evaluate import coco_evaluate, instance_score, suppress, to_coco_results, to_image
+from hvpose.keypoints import COCO17, OKS_SIGMAS
+from hvpose.models.pose_net import PoseNet
+from hvpose.ops.flip import flip_back
+from hvpose.ops.nms import oks, oks_nms
+from hvpose.ops.voting import decode, hough_vote
+from hvpose.targets import make_targets
+
+
+def gt_as_results(dataset_json):
+    return [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+            for a in dataset_json["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"]]
+
+
+def test_ground_truth_through_the_results_path_scores_ap_1(shared_data):
+    dataset = load_coco_keypoints(shared_data / "coco_sample" / "test_coco.json")
+    stats = coco_evaluate(dataset.raw, gt_as_results(dataset.raw), dataset.keypoint_set.sigmas, verbose=False)
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+
+
+def test_cocoeval_wrapper_reproduces_known_answers(shared_data):
+    folder = shared_data / "cocoeval_regression"
+    ground_truth = json.loads((folder / "gt_dataset.json").read_text())
+    results = json.loads((folder / "dt_dataset.json").read_text())
+    stats = coco_evaluate(ground_truth, results, OKS_SIGMAS, verbose=False)
+    expected = [0.5048844884488449, 0.7227722772277227, 0.6336633663366337, 0.46633663366336636, 0.7504950495049505,
+                0.5181818181818182, 0.7272727272727273, 0.6363636363636364, 0.4666666666666666, 0.75]
+    np.testing.assert_allclose(list(stats.values()), expected, rtol=1e-12)
+
+
+def test_oks_matches_pycocotools(shared_data):
+    from pycocotools.cocoeval import COCOeval  # noqa: F401  (formula reference: COCOeval.computeOks)
+
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([rng.uniform(0, 100, (17, 2)), np.full((17, 1), 2.0)], 1)
+    others = reference[None, :, :2] + rng.normal(0, 3, (5, 17, 2))
+    area = 2500.0
+    variances = (2 * OKS_SIGMAS) ** 2
+    d2 = ((others - reference[None, :, :2]) ** 2).sum(-1)
+    expected = np.exp(-d2 / variances / (area + np.spacing(1)) / 2).mean(-1)
+    np.testing.assert_allclose(oks(reference, others, area, OKS_SIGMAS), expected, rtol=1e-9)
+    assert oks(reference, reference[None], area, OKS_SIGMAS)[0] == pytest.approx(1.0)
+
+
+def test_oks_nms_keeps_the_best_of_duplicates_and_distinct_people():
+    rng = np.random.default_rng(1)
+    person_a = rng.uniform(0, 100, (17, 3))
+    person_b = person_a + [300, 0, 0]
+    keypoints = np.stack([person_a, person_a + 0.5, person_b, person_a + 40])
+    keep = oks_nms(keypoints, np.array([0.5, 0.9, 0.8, 0.7]), np.full(4, 5000.0), OKS_SIGMAS, 0.9)
+    assert list(keep) == [1, 2, 3]  # 0 duplicates 1 (lower score); 3 is far enough to be another person
+
+
+def test_flipped_crop_maps_flip_back_onto_the_original_grid():
+    """Outputs for a flipped crop, flipped back, line up with the unflipped outputs to well within 0.1 px.
+
+    A network whose kernels are all left-right symmetric is flip-equivariant exactly when its feature grid maps
+    onto itself under the flip, which crop widths of the form 8n+1 guarantee."""
+    model = PoseNet(num_keypoints=3, depth=18, output_stride=8, base_width=8)
+    crops = jax.random.normal(jax.random.key(0), (1, 41, 33, 3))
+    variables = model.init(jax.random.key(1), crops)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, x: (x + x[:, ::-1]) / 2 if path[-1].key == "kernel" and x.ndim == 4 else x, variables)
+    heat = jax.nn.sigmoid(model.apply(variables, crops)["heatmap_logits"])
+    flipped = model.apply(variables, crops[:, :, ::-1])
+    heat_back, _ = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"], jnp.arange(3))
+    np.testing.assert_allclose(heat_back, heat, atol=1e-5)
+    # Sub-pixel peak positions (softmax-weighted centroids) agree to well within 0.1 px.
+    def centroid(maps):
+        weights = jax.nn.softmax(50 * maps.reshape(-1, 3), axis=0).reshape(maps.shape[1:])
+        ys, xs = np.mgrid[:maps.shape[1], :maps.shape[2]]
+        return np.array([[(weights[..., k] * xs).sum(), (weights[..., k] * ys).sum()] for k in range(3)])
+    assert np.abs(centroid(heat_back) - centroid(heat)).max() < 0.01
+
+
+def test_flip_back_of_ideal_maps_recovers_the_keypoints():
+    size, radius = (41, 33), 4.0
+    keypoints = np.array([[[5.0, 10.0, 2], [20.0, 30.0, 2], [12.0, 3.0, 2]]], np.float32)
+    permutation = np.array([0, 2, 1])  # keypoints 1 and 2 are a left/right pair
+    mirrored = keypoints.copy()
+    mirrored[..., 0] = size[1] - 1 - keypoints[..., 0]
+    mirrored = mirrored[:, permutation]
+    targets = make_targets(mirrored, size, radius)
+    heat, offsets = flip_back(targets["heatmaps"], targets["offsets"], permutation)
+    original = make_targets(keypoints, size, radius)
+    np.testing.assert_array_equal(heat, original["heatmaps"])
+    np.testing.assert_allclose(offsets, original["offsets"], atol=1e-6)
+    np.testing.assert_allclose(decode(hough_vote(heat, offsets, radius))[0, :, :2], keypoints[0, :, :2])
+
+
+def test_eval_chain_with_ideal_maps_scores_ap_1(shared_data, tmp_path):
+    """Crops of GT boxes -> ideal heatmaps/offsets of the GT keypoints in each crop -> voting -> decoding ->
+    image coordinates -> rescoring -> OKS-NMS -> COCOeval: everything except the network."""
+    sample = shared_data / "coco_sample"
+    prepared = prepare(sample / "test_coco.json", sample / "images", tmp_path)
+    boxes = gt_boxes(prepared)
+    loader, count = eval_loader(prepared, boxes, 4)
+    people = []
+    persons = iter([p for i in prepared.image_ids for p in prepared.dataset.persons[i] if p.is_training_target])
+    for batch in loader:  # in box order: one process, no shuffling
+        for i in np.nonzero(batch["valid"])[0]:
+            person = next(persons)
+            assert person.image_id == batch["image_id"][i]
+            np.testing.assert_allclose(batch["bbox"][i], person.bbox, rtol=1e-6)
+            image_to_crop = np.linalg.inv(np.vstack([batch["crop_to_image"][i], [0, 0, 1]]))[:2]
+            crop_keypoints = person.keypoints.copy()
+            labelled = crop_keypoints[:, 2] > 0
+            crop_keypoints[labelled, :2] = (crop_keypoints[labelled, :2] @ image_to_crop[:, :2].T
+                                            + image_to_crop[:, 2])
+            targets = make_targets(crop_keypoints[None], (353, 257), 25.0)
+            decoded = np.asarray(decode(hough_vote(targets["heatmaps"], targets["offsets"], 25.0)))
+            image_keypoints = to_image(decoded.astype(np.float64), batch["crop_to_image"][i:i + 1])[0]
+            people.append({"image_id": int(batch["image_id"][i]), "keypoints": image_keypoints,
+                           "box": np.array(person.bbox), "box_score": 1.0,
+                           "score": instance_score(image_keypoints[:, 2], 1.0, 0.2, True)})
+    assert len(people) == count == 12
+    kept = suppress(people, COCO17.sigmas, 0.9)
+    stats = coco_evaluate(prepared.dataset.raw, to_coco_results(kept, 1), COCO17.sigmas, verbose=False)
+    assert stats["AP"] > 0.95, stats  # unlabelled keypoints decode somewhere; they do not count in OKS

@@ -1,0 +1,142 @@
+"""Training: the pure step, sharding equivalence on 8 fake devices, exact resumption, NaN stops, no retracing."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from hvpose import experiment
+from hvpose.train import NonFiniteLossError, TrainState, init_state, jit_train_step, make_optimizer, train
+
+sys.path.insert(0, str(REPO))
+
+
+def tiny_config(workdir_steps=6):
+    from configs import demo
+
+    config = demo.get_config()
+    config.model.base_width = 8
+    config.model.output_stride = 8
+    config.crop.height, config.crop.width = 33, 25
+    config.loss.radius = config.loss.offset_scale = config.eval.voting_radius = 4.0
+    config.data.synthetic.num_train, config.data.synthetic.num_val = 8, 4
+    config.data.worker_count = 0
+    config.train.batch_size = 8
+    config.train.steps = workdir_steps
+    config.train.warmup_steps = 2
+    config.train.log_every = 1
+    config.train.checkpoint_every = 3
+    config.eval.batch_size = 8
+    return config
+
+
+def random_batch(rng, batch=8, size=(33, 25), k=17):
+    keypoints = np.concatenate([rng.uniform(0, [size[1], size[0]], (batch, k, 2)),
+                                rng.integers(0, 3, (batch, k, 1))], -1).astype(np.float32)
+    return {"image": rng.integers(0, 256, (batch, *size, 3), np.uint8), "keypoints": keypoints}
+
+
+def test_step_is_jitted_once_updates_and_skips_non_finite_losses(rng):
+    config = tiny_config()
+    model = experiment.build_model(config, 17)
+    optimizer = make_optimizer(config)
+    mesh = experiment.make_mesh()
+    with jax.set_mesh(mesh):
+        state = jax.device_put(init_state(model, optimizer, (33, 25), 0), experiment.replicated(mesh))
+        step = jit_train_step(config, model, optimizer, mesh, state)
+        losses = []
+        for _ in range(4):
+            state, metrics = step(state, random_batch(rng))
+            losses.append(float(metrics["loss"]))
+        assert step._cache_size() == 1 and int(state.step) == 4 and int(state.nonfinite_step) == -1
+        # A NaN weight makes the loss NaN: the update is skipped and the step recorded.
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, x: x.at[0].set(jnp.nan) if jax.tree_util.keystr(path) == "['head']['bias']" else x,
+            state.params)
+        state = state.replace(params=params)
+        params_before = jax.tree.map(np.asarray, state.params)
+        state, metrics = step(state, random_batch(rng))
+        assert not np.isfinite(float(metrics["loss"]))
+        assert int(state.nonfinite_step) == 4 and int(state.step) == 5
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params_before,
+                     jax.tree.map(np.asarray, state.params))
+        assert step._cache_size() == 1
+
+
+@pytest.mark.slow
+def test_sharded_step_on_8_devices_equals_single_device():
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+        import jax, numpy as np
+        from test_train import tiny_config, random_batch
+        from hvpose import experiment
+        from hvpose.train import init_state, jit_train_step, make_optimizer
+        assert jax.device_count() == 8
+        config = tiny_config()
+        model = experiment.build_model(config, 17)
+        optimizer = make_optimizer(config)
+        losses = {{}}
+        for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
+            mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                                 devices=devices)
+            rng = np.random.default_rng(0)
+            with jax.set_mesh(mesh):
+                state = jax.device_put(init_state(model, optimizer, (33, 25), 0), experiment.replicated(mesh))
+                step = jit_train_step(config, model, optimizer, mesh, state)
+                losses[name] = []
+                for _ in range(4):
+                    batch = jax.device_put(random_batch(rng), experiment.batch_sharded(mesh))
+                    state, metrics = step(state, batch)
+                    losses[name].append(float(metrics["loss"]))
+            assert len(batch["image"].sharding.device_set) == len(devices)
+        print(losses)
+        np.testing.assert_allclose(losses["eight"], losses["one"], rtol=1e-3)
+        print("max relative difference", max(abs(a - b) / abs(b) for a, b in zip(losses["eight"], losses["one"])))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def losses_by_step(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path):
+    config = tiny_config(workdir_steps=6)
+    train(config, str(tmp_path / "straight"))
+    stopped = str(tmp_path / "stopped")
+    state = train(config, stopped, stop_at=3)
+    assert int(state.step) == 3
+    assert sorted(os.listdir(os.path.join(stopped, "checkpoints"))) == ["3", "config.json"]
+    train(config, stopped)
+    straight, resumed = losses_by_step(tmp_path / "straight"), losses_by_step(stopped)
+    assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in straight:
+        assert abs(resumed[step] - straight[step]) <= 1e-5 * abs(straight[step]), (step, straight, resumed)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    config = tiny_config(workdir_steps=3)
+    config.loss.heatmap_weight = float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite loss or gradient at step 0"):
+        train(config, str(tmp_path))
+
+
+def test_state_is_a_pytree_of_arrays():
+    config = tiny_config()
+    model = experiment.build_model(config, 17)
+    state = jax.eval_shape(lambda: init_state(model, make_optimizer(config), (33, 25), 0))
+    assert isinstance(state, TrainState)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
+    assert state.step.dtype == jnp.int32
