@@ -1,7 +1,10 @@
 """The command line: bad config keys and bad data end in one clear line; eval without a checkpoint too."""
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -39,3 +42,30 @@ def test_eval_without_checkpoint_is_one_clear_line(tmp_path, shared_data):
                       f"--config.data.val.annotations={sample / 'test_coco.json'}",
                       f"--config.data.val.images={sample / 'images'}")
     assert result.returncode == 1 and "no checkpoint to evaluate" in result.stderr.strip().splitlines()[-1]
+
+
+TINY = ["--config.model.base_width=8", "--config.model.output_stride=8", "--config.crop.height=33",
+        "--config.crop.width=25", "--config.loss.radius=4.0", "--config.loss.offset_scale=4.0",
+        "--config.eval.voting_radius=4.0", "--config.data.synthetic.num_train=6",
+        "--config.data.synthetic.num_val=3", "--config.data.worker_count=0", "--config.train.batch_size=4",
+        "--config.train.steps=2", "--config.train.log_every=1", "--config.eval.batch_size=4"]
+
+
+@pytest.mark.slow
+def test_train_then_eval_from_the_command_line(tmp_path):
+    """The contract: train writes checkpoints and metrics; --mode=eval evaluates the newest checkpoint."""
+    trained = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", "--mode=train", *TINY, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"step", "loss", "heatmap_loss", "offset_loss", "learning_rate", "crops_per_second"} <= set(records[0])
+    assert (tmp_path / "checkpoints" / "2").is_dir() and (tmp_path / "checkpoints" / "config.json").is_file()
+    assert list((tmp_path / "tensorboard").iterdir())
+    evaluated = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", "--mode=eval", *TINY, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["step"] == 2 and set(metrics) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75",
+                                                     "ARm", "ARl", "step"}
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results and len(results[0]["keypoints"]) == 51
+    assert (tmp_path / "eval" / "predictions.png").stat().st_size > 1000

@@ -135,7 +135,7 @@ def predict_split(config: ml_collections.ConfigDict, model: PoseNet, variables: 
                                 worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
         people = []
         for batch in loader:
-            out = jax.device_get(step(variables, global_batch({k: v for k, v in batch.items()}, mesh)))
+            out = jax.device_get(step(variables, global_batch(batch, mesh)))
             image_keypoints = to_image(np.asarray(out["keypoints"], np.float64), out["crop_to_image"])
             for i in np.nonzero(out["valid"])[0]:
                 people.append({"image_id": int(out["image_id"][i]), "keypoints": image_keypoints[i],
