@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO
 
 
-def run_main(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "hvpose.main", *args], cwd=REPO, capture_output=True, text=True,
+def run_main(*args, timeout=300, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "hvpose.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -53,15 +53,19 @@ TINY = ["--config.model.base_width=8", "--config.model.output_stride=8", "--conf
 
 @pytest.mark.slow
 def test_train_then_eval_from_the_command_line(tmp_path):
-    """The contract: train writes checkpoints and metrics; --mode=eval evaluates the newest checkpoint."""
-    trained = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", "--mode=train", *TINY, timeout=600)
+    """The contract: train writes checkpoints and metrics; --mode=eval evaluates the newest checkpoint.
+
+    Run from another folder with a relative --workdir, as `make demo` does."""
+    config = f"--config={REPO / 'configs' / 'demo.py'}"
+    trained = run_main(config, "--workdir=run", "--mode=train", *TINY, timeout=600, cwd=tmp_path)
+    tmp_path = tmp_path / "run"
     assert trained.returncode == 0, trained.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert {"step", "loss", "heatmap_loss", "offset_loss", "learning_rate", "crops_per_second"} <= set(records[0])
     assert (tmp_path / "checkpoints" / "2").is_dir() and (tmp_path / "checkpoints" / "config.json").is_file()
     assert list((tmp_path / "tensorboard").iterdir())
-    evaluated = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", "--mode=eval", *TINY, timeout=600)
+    evaluated = run_main(config, "--workdir=run", "--mode=eval", *TINY, timeout=600, cwd=tmp_path.parent)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["step"] == 2 and set(metrics) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75",

@@ -140,3 +140,58 @@ def test_state_is_a_pytree_of_arrays():
     assert isinstance(state, TrainState)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
     assert state.step.dtype == jnp.int32
+
+
+@pytest.mark.slow
+def test_resume_on_eight_devices_after_training_on_one(tmp_path):
+    config = tiny_config(workdir_steps=6)
+    workdir = str(tmp_path / "run")
+    train(config, workdir, stop_at=3)
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+        import jax
+        from test_train import tiny_config
+        from hvpose.train import train
+        assert jax.device_count() == 8
+        state = train(tiny_config(workdir_steps=6), {workdir!r})
+        assert int(state.step) == 6
+        assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 8
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    steps = sorted(losses_by_step(workdir))
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(list(losses_by_step(workdir).values())))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "hvpose.main", "--config=configs/demo.py", f"--workdir={workdir}",
+               "--mode=train", "--config.model.base_width=8", "--config.model.output_stride=8",
+               "--config.crop.height=33", "--config.crop.width=25", "--config.loss.radius=4.0",
+               "--config.loss.offset_scale=4.0", "--config.data.synthetic.num_train=6",
+               "--config.data.synthetic.num_val=3", "--config.data.worker_count=0", "--config.train.batch_size=4",
+               "--config.train.log_every=1", "--config.train.checkpoint_every=1000"]
+    process = subprocess.Popen([*command, "--config.train.steps=100000"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and saved[0] >= 3 and "stop requested; saved step" in stderr
+    resumed = subprocess.run([*command, f"--config.train.steps={saved[0] + 2}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps[-2:] == [saved[0] + 1, saved[0] + 2]

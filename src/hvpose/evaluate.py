@@ -178,6 +178,7 @@ def draw_predictions(prepared: PreparedDataset, people: list[dict[str, Any]], ke
 def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, step: int,
              prepared: PreparedDataset | None = None) -> dict[str, float]:
     """Runs the whole evaluation and writes WORKDIR/eval/{metrics.json, results.json, predictions.png}."""
+    workdir = experiment.resolve_workdir(workdir)
     prepared = prepared or experiment.prepare_split(config, "val", workdir)
     keypoint_set = prepared.dataset.keypoint_set
     model = experiment.build_model(config, keypoint_set.num_keypoints)  # full-resolution maps for voting
@@ -205,6 +206,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`--mode=eval`: evaluates the newest checkpoint under WORKDIR/checkpoints."""
     from hvpose import checkpoints
+
+    workdir = experiment.resolve_workdir(workdir)
     from hvpose.train import init_state, make_optimizer
 
     prepared = experiment.prepare_split(config, "val", workdir)

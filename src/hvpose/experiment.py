@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message is one line naming the field."""
 
 
+def resolve_workdir(workdir: str) -> str:
+    """Absolute local paths (orbax requires them); URLs such as gs://... unchanged."""
+    return workdir if "://" in workdir else os.path.abspath(os.path.expanduser(workdir))
+
+
 def crop_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
     height, width = int(config.crop.height), int(config.crop.width)
     stride = int(config.model.output_stride)
@@ -70,8 +75,7 @@ def augmentation(config: ml_collections.ConfigDict) -> Augmentation:
 
 
 def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    path = config.data.cache_dir or os.path.join(workdir, "tfds")
-    return path if path.startswith("gs://") else os.path.expanduser(path)
+    return resolve_workdir(config.data.cache_dir or os.path.join(workdir, "tfds"))
 
 
 def split_paths(config: ml_collections.ConfigDict, split: str, workdir: str) -> tuple[str, str]:

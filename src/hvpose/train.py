@@ -172,6 +172,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     `evaluate_fn(variables, step)` runs every `config.train.eval_every` steps and at the end, if given.
     `stop_at` ends this run after that step with a checkpoint, as a preemption would (for time-boxed jobs).
     """
+    workdir = experiment.resolve_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     crop = experiment.crop_size(config)
     prepared = experiment.prepare_split(config, "train", workdir)
