@@ -99,6 +99,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.use_box_score = True  # multiply the instance score by the box score
     config.eval.oks_nms_threshold = 0.9  # OKS above which the lower-scoring duplicate is dropped
     config.eval.num_pictures = 4  # images drawn with predictions into eval/
+    config.eval.draw_threshold = 0.05  # keypoints scoring above are drawn
     config.eval.max_boxes = 0  # evaluate only the first N boxes (0 = all; for quick checks)
 
     config.init = ml_collections.ConfigDict()

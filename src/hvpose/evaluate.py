@@ -195,7 +195,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
         dump(os.path.join(out_dir, "metrics.json"), stats)
         dump(os.path.join(out_dir, "results.json"), results)
         picture = draw_predictions(prepared, people, keypoint_set, config.eval.num_pictures,
-                                   config.eval.keypoint_threshold)
+                                   config.eval.draw_threshold)
         if picture is not None:
             visualize.save_png(os.path.join(out_dir, "predictions.png"), picture)
         log.warning("hvpose: step %d: keypoint AP %.4f (AP50 %.4f, AR %.4f) on %d boxes; wrote %s", step,
