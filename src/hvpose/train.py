@@ -107,7 +107,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: PoseNet
         return terms["loss"], (terms, updates["batch_stats"])
 
     (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
