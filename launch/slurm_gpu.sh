@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Multi-node GPU training with Slurm: one process per node, all GPUs of a node in that process.
+# Multi-node GPU training with Slurm: one process per GPU (jax.distributed's Slurm detection gives each process
+# the GPU of its SLURM_LOCALID), NODES x GPUS_PER_NODE processes in all.
 #
 #   launch/slurm_gpu.sh [--dry-run]          # submits itself with sbatch
 #
 # Settings (environment): NODES=4 GPUS_PER_NODE=8 PARTITION=gpu TIME=72:00:00 VENV=$PWD/.venv
 #   CONFIG=configs/coco.py WORKDIR=/shared/hvpose/run1 EXTRA_FLAGS="--config.train.batch_size=256"
-# hvpose.main sees SLURM_NTASKS > 1 and calls jax.distributed.initialize(), which reads Slurm's environment.
+# hvpose.main sees SLURM_NTASKS > 1 and calls jax.distributed.initialize(), which reads Slurm's environment
+# (coordinator, process id, local GPU).
 # The job requeues on preemption: the SIGTERM Slurm sends makes hvpose save a checkpoint, and the requeued job
 # runs the same command, which resumes from it.
 set -euo pipefail
@@ -26,15 +28,15 @@ read -r -d '' JOB <<JOBSCRIPT || true
 #SBATCH --job-name=hvpose
 #SBATCH --partition=$PARTITION
 #SBATCH --nodes=$NODES
-#SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=$GPUS_PER_NODE
-#SBATCH --cpus-per-task=16
+#SBATCH --ntasks-per-node=$GPUS_PER_NODE
+#SBATCH --gpus-per-task=1
+#SBATCH --cpus-per-task=6
 #SBATCH --time=$TIME
 #SBATCH --requeue
 #SBATCH --signal=TERM@120
 #SBATCH --output=$WORKDIR/slurm-%j.log
 srun --kill-on-bad-exit=1 $VENV/bin/python -m hvpose.main --config=$CONFIG --workdir=$WORKDIR \\
-  --mode=train_and_eval --config.data.worker_count=12 $EXTRA_FLAGS
+  --mode=train_and_eval --config.data.worker_count=4 $EXTRA_FLAGS
 JOBSCRIPT
 
 echo "$JOB"

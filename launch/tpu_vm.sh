@@ -42,7 +42,7 @@ create() {
 
 install() {
   on_all_workers "set -e; rm -rf ~/hvpose; git clone --branch $BRANCH $REPO_URL ~/hvpose; cd ~/hvpose; \
-python3 -m venv .venv; .venv/bin/pip install -q -U pip; .venv/bin/pip install -q -e . 'jax[tpu]' gcsfs"
+python3 -m venv .venv; .venv/bin/pip install -q -U pip; .venv/bin/pip install -q -e . 'jax[tpu]' gcsfs google-cloud-storage"
 }
 
 train() {

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import grain
 import jax
+from etils import epath
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
@@ -42,11 +42,11 @@ class Checkpointer:
         """Writes the config and the keypoint set as JSON beside the checkpoints (process 0 only)."""
         if jax.process_index() != 0:
             return
-        os.makedirs(self.directory, exist_ok=True)
+        directory = epath.Path(self.directory)
+        directory.mkdir(parents=True, exist_ok=True)
         payload = {"config": json.loads(config.to_json_best_effort()),
                    "keypoint_set": dataclasses.asdict(keypoint_set)}
-        with open(os.path.join(self.directory, CONFIG_FILE), "w") as f:
-            json.dump(payload, f, indent=2)
+        (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -83,8 +83,7 @@ class Checkpointer:
 
 def read_config(checkpoint_dir: str) -> tuple[ml_collections.ConfigDict, KeypointSet]:
     """The config and keypoint set saved beside checkpoints by training."""
-    with open(os.path.join(checkpoint_dir, CONFIG_FILE)) as f:
-        payload = json.load(f)
+    payload = json.loads((epath.Path(checkpoint_dir) / CONFIG_FILE).read_text())
     keypoint_set = payload["keypoint_set"]
     keypoint_set = KeypointSet(
         names=tuple(keypoint_set["names"]), skeleton=tuple(map(tuple, keypoint_set["skeleton"])),

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 import numpy as np
 
 from hvpose import experiment, visualize
@@ -126,10 +127,15 @@ def predict_split(config: ml_collections.ConfigDict, model: PoseNet, variables: 
     infer = make_inference(model, config.model.preprocess,
                            keypoint_set.flip_permutation() if config.eval.flip_test else None,
                            config.eval.voting_radius)
+    if config.eval.batch_size % jax.device_count():
+        raise experiment.ConfigError(f"config.eval.batch_size {config.eval.batch_size} is not divisible by the "
+                                     f"{jax.device_count()} devices")
     with jax.set_mesh(mesh):
         replicated = experiment.replicated(mesh)
         variables = jax.device_put(variables, replicated)
-        step = jax.jit(lambda v, b: {**b, "keypoints": infer(v, b["image"])},
+        # Crops stay on their devices; keypoints and the small per-box fields are gathered to every host.
+        step = jax.jit(lambda v, b: {**{k: x for k, x in b.items() if k != "image"},
+                                     "keypoints": infer(v, b["image"])},
                        in_shardings=(replicated, experiment.batch_sharded(mesh)), out_shardings=replicated)
         loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
                                 worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
@@ -191,7 +197,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
     stats["step"] = int(step)
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, "eval")
-        os.makedirs(out_dir, exist_ok=True)
+        epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
         dump(os.path.join(out_dir, "metrics.json"), stats)
         dump(os.path.join(out_dir, "results.json"), results)
         picture = draw_predictions(prepared, people, keypoint_set, config.eval.num_pictures,

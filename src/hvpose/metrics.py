@@ -1,6 +1,8 @@
 """Training metrics: WORKDIR/metrics.jsonl, TensorBoard events (tensorboardX, no TensorFlow), a console line.
 
-Only process 0 writes.
+Only process 0 writes. WORKDIR may be local or gs:// (through etils.epath; TensorBoard events on GCS need the
+google-cloud-storage package). Object stores cannot append, so metrics.jsonl is rewritten whole at each log
+(about 1 MB after 5,000 logged steps), keeping the lines of earlier, resumed runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+from etils import epath
 
 
 class MetricWriter:
@@ -24,7 +27,8 @@ class MetricWriter:
         self._first_step: int | None = None
         if not self._active:
             return
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._jsonl = epath.Path(workdir) / "metrics.jsonl"
+        self._lines = self._jsonl.read_text().splitlines() if self._jsonl.exists() else []
         from tensorboardX import SummaryWriter
 
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -35,8 +39,8 @@ class MetricWriter:
         if self._first_step is None:
             self._first_step, self._start = step, time.perf_counter()
         record = {"step": step, **scalars, "crops_per_second": crops_per_second}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        self._lines.append(json.dumps(record))
+        self._jsonl.write_text("\n".join(self._lines) + "\n")
         for key, value in record.items():
             if key != "step":
                 self._tensorboard.add_scalar(key, value, step)
@@ -50,7 +54,6 @@ class MetricWriter:
 
     def close(self) -> None:
         if self._active:
-            self._jsonl.close()
             self._tensorboard.close()
 
 
@@ -63,5 +66,5 @@ def _duration(seconds: float) -> str:
 
 
 def dump(path: str, payload: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
+    """Writes JSON to a local or gs:// path."""
+    epath.Path(path).write_text(json.dumps(payload, indent=2))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import flax
 import jax
+from etils import epath
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -173,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     `stop_at` ends this run after that step with a checkpoint, as a preemption would (for time-boxed jobs).
     """
     workdir = experiment.resolve_workdir(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     crop = experiment.crop_size(config)
     prepared = experiment.prepare_split(config, "train", workdir)
     keypoint_set = prepared.dataset.keypoint_set
@@ -220,7 +221,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                         writer.write(step, {k: float(v) for k, v in metrics.items()},
                                      crops_per_second=window_crops / max(elapsed, 1e-9))
                         window_start, window_crops = time.perf_counter(), 0
-                    preempted = stop.received or manager.reached_preemption(step) or step == stop_at
+                    # On several processes a local SIGTERM cannot decide alone (the save is collective and the
+                    # others would run on): orbax's preemption sync tells every process at the same step.
+                    local_stop = stop.received and jax.process_count() == 1
+                    preempted = local_stop or manager.reached_preemption(step) or step == stop_at
                     manager.maybe_save(step, state, data_iterator, force=preempted or step == config.train.steps)
                     if preempted:
                         manager.wait()

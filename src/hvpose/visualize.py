@@ -62,4 +62,10 @@ def grid(images: Sequence[np.ndarray], columns: int = 2, height: int = 360) -> n
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    """Writes an RGB image as PNG to a local or gs:// path."""
+    from etils import epath
+
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode a {image.shape} image as PNG")
+    epath.Path(path).write_bytes(encoded.tobytes())
