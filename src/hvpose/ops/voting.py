@@ -18,6 +18,8 @@ memory. On TPU, where scatters are slow, a windowed dense formulation would be p
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,25 +149,29 @@ def decode(score_maps: ArrayLike) -> jax.Array:
     return _decode(score_maps)
 
 
-@jax.jit
-def _decode_argmax_offset(heatmaps: jax.Array, offsets: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="stride")
+def _decode_argmax_offset(heatmaps: jax.Array, offsets: jax.Array, stride: int = 1) -> jax.Array:
     batch, height, width, num_keypoints = heatmaps.shape
     flat = heatmaps.reshape(batch, height * width, num_keypoints)
     best = jnp.argmax(flat, axis=1)
     score = jnp.take_along_axis(flat, best[:, None, :], axis=1)[:, 0, :]
     offset = jnp.take_along_axis(offsets.reshape(batch, height * width, num_keypoints, 2),
                                  best[:, None, :, None], axis=1)[:, 0]
-    x = (best % width).astype(jnp.float32) + offset[..., 0]
-    y = (best // width).astype(jnp.float32) + offset[..., 1]
+    x = (best % width).astype(jnp.float32) * stride + offset[..., 0]
+    y = (best // width).astype(jnp.float32) * stride + offset[..., 1]
     return jnp.stack([x, y, score.astype(jnp.float32)], axis=-1)
 
 
-def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike) -> jax.Array:
-    """The no-voting baseline: (x, y) = heatmap argmax + its offset, score = the heatmap there. (B, K, 3)."""
+def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike, stride: int = 1) -> jax.Array:
+    """The no-voting baseline: (x, y) = heatmap argmax + its offset, score = the heatmap there. (B, K, 3).
+
+    `stride`: pixels per map cell, for maps on a coarser grid than the crop (PoseNet decodes its stride-16
+    feature grid directly: cell (i, j) is pixel (16 i, 16 j)); offsets are in pixels either way.
+    """
     heatmaps = jnp.asarray(heatmaps)
     offsets = jnp.asarray(offsets)
     _check_shapes(heatmaps.shape, offsets.shape)
-    return _decode_argmax_offset(heatmaps, offsets)
+    return _decode_argmax_offset(heatmaps, offsets, stride=int(stride))
 
 
 __all__ = ["argmax_keypoints", "decode", "decode_argmax_offset", "hough_vote", "hough_vote_numpy", "vote_maps"]
