@@ -94,6 +94,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 64  # global evaluation batch
     config.eval.flip_test = True  # average with the flipped crop (exactly aligned: crop sizes are 8n+1)
+    config.eval.decoder = "hough"  # "hough" (the paper's voting) or "argmax_offset" (no voting, the baseline)
     config.eval.voting_radius = 25.0  # R of the 1/(pi R^2) vote normalisation (crop pixels)
     config.eval.keypoint_threshold = 0.2  # keypoints scoring above count in the instance score
     config.eval.use_box_score = True  # multiply the instance score by the box score

@@ -29,15 +29,24 @@ from hvpose.metrics import dump
 from hvpose.models.pose_net import PoseNet
 from hvpose.ops.flip import flip_back
 from hvpose.ops.nms import oks_nms
-from hvpose.ops.voting import argmax_keypoints, vote_maps
+from hvpose.ops.voting import argmax_keypoints, decode_argmax_offset_jnp, vote_maps
 
 log = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
-def make_inference(model: PoseNet, preprocess_mode: str, flip_permutation: np.ndarray | None,
-                   radius: float) -> Any:
-    """A pure function (variables, uint8 crops) -> (B, K, 3) keypoints (x, y, score) in crop pixels."""
+DECODERS = ("hough", "argmax_offset")
+
+
+def make_inference(model: Any, preprocess_mode: str, flip_permutation: np.ndarray | None,
+                   radius: float, decoder: str = "hough") -> Any:
+    """A pure function (variables, uint8 crops) -> (B, K, 3) keypoints (x, y, score) in crop pixels.
+
+    `model` is a `PoseNet` or a `MobileNetPoseNet` (same outputs); `decoder` is "hough" (the paper's voting)
+    or "argmax_offset" (the heatmap's argmax plus its offset, the no-voting baseline).
+    """
+    if decoder not in DECODERS:
+        raise experiment.ConfigError(f"config.eval.decoder: {decoder!r} is not one of {list(DECODERS)}")
     permutation = None if flip_permutation is None else jnp.asarray(flip_permutation)
 
     def infer(variables: Any, images: jax.Array) -> jax.Array:
@@ -49,6 +58,8 @@ def make_inference(model: PoseNet, preprocess_mode: str, flip_permutation: np.nd
             heatmaps_f, offsets_f = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"],
                                               permutation)
             heatmaps, offsets = (heatmaps + heatmaps_f) / 2, (offsets + offsets_f) / 2
+        if decoder == "argmax_offset":
+            return decode_argmax_offset_jnp(heatmaps, offsets)
         return argmax_keypoints(vote_maps(heatmaps, offsets, jnp.float32(radius)))
 
     return infer
@@ -118,7 +129,7 @@ def eval_boxes(config: ml_collections.ConfigDict, prepared: PreparedDataset) -> 
     return selected
 
 
-def predict_split(config: ml_collections.ConfigDict, model: PoseNet, variables: Any, prepared: PreparedDataset,
+def predict_split(config: ml_collections.ConfigDict, model: Any, variables: Any, prepared: PreparedDataset,
                   boxes: Sequence[Detection]) -> list[dict[str, Any]]:
     """People (image_id, keypoints (K, 3) in image pixels with scores, box, score) for every box, before NMS."""
     keypoint_set = prepared.dataset.keypoint_set
@@ -126,7 +137,7 @@ def predict_split(config: ml_collections.ConfigDict, model: PoseNet, variables: 
     mesh = experiment.make_mesh()
     infer = make_inference(model, config.model.preprocess,
                            keypoint_set.flip_permutation() if config.eval.flip_test else None,
-                           config.eval.voting_radius)
+                           config.eval.voting_radius, config.eval.decoder)
     if config.eval.batch_size % jax.device_count():
         raise experiment.ConfigError(f"config.eval.batch_size {config.eval.batch_size} is not divisible by the "
                                      f"{jax.device_count()} devices")
@@ -182,12 +193,16 @@ def draw_predictions(prepared: PreparedDataset, people: list[dict[str, Any]], ke
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, step: int,
-             prepared: PreparedDataset | None = None) -> dict[str, float]:
-    """Runs the whole evaluation and writes WORKDIR/eval/{metrics.json, results.json, predictions.png}."""
+             prepared: PreparedDataset | None = None, model: Any = None) -> dict[str, float]:
+    """Runs the whole evaluation and writes WORKDIR/eval/{metrics.json, results.json, predictions.png}.
+
+    `model` defaults to the config's network (`experiment.build_model`); imported networks (PoseNet) pass theirs.
+    """
     workdir = experiment.resolve_workdir(workdir)
     prepared = prepared or experiment.prepare_split(config, "val", workdir)
     keypoint_set = prepared.dataset.keypoint_set
-    model = experiment.build_model(config, keypoint_set.num_keypoints)  # full-resolution maps for voting
+    if model is None:
+        model = experiment.build_model(config, keypoint_set.num_keypoints)  # full-resolution maps for voting
     boxes = eval_boxes(config, prepared)
     people = predict_split(config, model, variables, prepared, boxes)
     people = suppress(people, keypoint_set.sigmas, config.eval.oks_nms_threshold)
@@ -209,10 +224,29 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
     return stats
 
 
+def evaluate_posenet(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """`--mode=eval` with `config.init.posenet_tfjs`: evaluates PoseNet's released weights (no checkpoint)."""
+    from hvpose.pretrained.posenet import load_posenet_tfjs
+
+    model, variables = load_posenet_tfjs(config.init.posenet_tfjs)
+    if model.output_stride != config.model.output_stride:
+        raise experiment.ConfigError(f"config.model.output_stride is {config.model.output_stride} but "
+                                     f"{config.init.posenet_tfjs} has output stride {model.output_stride}")
+    workdir = experiment.resolve_workdir(workdir)
+    prepared = experiment.prepare_split(config, "val", workdir)
+    if prepared.dataset.keypoint_set.num_keypoints != model.num_keypoints:
+        raise experiment.ConfigError(f"{config.init.posenet_tfjs} predicts {model.num_keypoints} keypoints, the "
+                                     f"dataset has {prepared.dataset.keypoint_set.num_keypoints}")
+    return evaluate(config, workdir, variables, 0, prepared, model=model)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """`--mode=eval`: evaluates the newest checkpoint under WORKDIR/checkpoints."""
+    """`--mode=eval`: evaluates the newest checkpoint under WORKDIR/checkpoints (or PoseNet's weights when
+    `config.init.posenet_tfjs` is set)."""
     from hvpose import checkpoints
 
+    if config.init.posenet_tfjs:
+        return evaluate_posenet(config, workdir)
     workdir = experiment.resolve_workdir(workdir)
     from hvpose.train import init_state, make_optimizer
 

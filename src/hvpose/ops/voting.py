@@ -18,8 +18,6 @@ memory. On TPU, where scatters are slow, a windowed dense formulation would be p
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,8 +147,8 @@ def decode(score_maps: ArrayLike) -> jax.Array:
     return _decode(score_maps)
 
 
-@functools.partial(jax.jit, static_argnames="stride")
-def _decode_argmax_offset(heatmaps: jax.Array, offsets: jax.Array, stride: int = 1) -> jax.Array:
+def decode_argmax_offset_jnp(heatmaps: jax.Array, offsets: jax.Array, stride: int = 1) -> jax.Array:
+    """`decode_argmax_offset` as a pure jnp function (for use inside a caller's jit)."""
     batch, height, width, num_keypoints = heatmaps.shape
     flat = heatmaps.reshape(batch, height * width, num_keypoints)
     best = jnp.argmax(flat, axis=1)
@@ -174,4 +172,8 @@ def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike, stride: int = 
     return _decode_argmax_offset(heatmaps, offsets, stride=int(stride))
 
 
-__all__ = ["argmax_keypoints", "decode", "decode_argmax_offset", "hough_vote", "hough_vote_numpy", "vote_maps"]
+_decode_argmax_offset = jax.jit(decode_argmax_offset_jnp, static_argnames="stride")
+
+
+__all__ = ["argmax_keypoints", "decode", "decode_argmax_offset", "decode_argmax_offset_jnp", "hough_vote",
+           "hough_vote_numpy", "vote_maps"]
