@@ -240,26 +240,30 @@ def evaluate_posenet(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     return evaluate(config, workdir, variables, 0, prepared, model=model)
 
 
+def restore_checkpoint_variables(config: ml_collections.ConfigDict, model: Any, directory: str,
+                                 step: int | None = None) -> tuple[dict[str, Any], int]:
+    """The model variables (`params`, `batch_stats`) of a checkpoint in `directory` (newest by default)."""
+    from hvpose import checkpoints
+    from hvpose.train import init_state, make_optimizer
+
+    optimizer = make_optimizer(config)
+    abstract = jax.eval_shape(lambda: init_state(model, optimizer, experiment.crop_size(config), config.seed))
+    state, step = checkpoints.restore_variables(directory, abstract, step)
+    return {"params": state.params, "batch_stats": state.batch_stats}, step
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`--mode=eval`: evaluates the newest checkpoint under WORKDIR/checkpoints (or PoseNet's weights when
     `config.init.posenet_tfjs` is set)."""
-    from hvpose import checkpoints
-
     if config.init.posenet_tfjs:
         return evaluate_posenet(config, workdir)
     workdir = experiment.resolve_workdir(workdir)
-    from hvpose.train import init_state, make_optimizer
-
     prepared = experiment.prepare_split(config, "val", workdir)
     model = experiment.build_model(config, prepared.dataset.keypoint_set.num_keypoints)
-    crop = experiment.crop_size(config)
-    optimizer = make_optimizer(config)
-    abstract = jax.eval_shape(lambda: init_state(model, optimizer, crop, config.seed))
     directory = os.path.join(workdir, "checkpoints")
     try:
-        state, step = checkpoints.restore_variables(directory, abstract)
+        variables, step = restore_checkpoint_variables(config, model, directory)
     except FileNotFoundError:
         raise DataError(f"{directory}: no checkpoint to evaluate (train first, or use --mode=train_and_eval)") \
             from None
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     return evaluate(config, workdir, variables, step, prepared)
