@@ -35,7 +35,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.bn_frozen = False  # BatchNorm statistics over the global batch
     config.model.bn_momentum = 0.9  # running statistics decay
     config.model.compute_dtype = "bfloat16"  # MXU-native on TPU; parameters stay float32
-    config.model.preprocess = "caffe"  # Keras ImageNet ResNets expect BGR minus the ImageNet mean
+    config.model.preprocess = "caffe"  # Keras ImageNet ResNets: BGR minus the mean ("torchvision", "unit")
 
     config.crop = ml_collections.ConfigDict()
     config.crop.height = 353  # 8 * 44 + 1: feature cell i sits on crop pixel 8i
@@ -83,7 +83,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.optimizer = "adamw"  # "adamw" or "momentum" (SGD with Nesterov momentum 0.9)
     config.train.learning_rate = 5e-4  # peak, for batch 64; scaled linearly with batch_size / 64
     config.train.warmup_steps = 500  # linear warm-up from 0.1% of the peak
-    config.train.decay_boundaries = (170 / 210, 200 / 210)  # fractions of `steps` with a 10x decay
+    config.train.schedule = "step"  # after warm-up: "step" (10x decays at decay_boundaries) or "cosine" (to 0)
+    config.train.decay_boundaries = (170 / 210, 200 / 210)  # fractions of `steps` with a 10x decay ("step")
     config.train.weight_decay = 1e-4  # decoupled, not on biases or BatchNorm parameters
     config.train.grad_clip_norm = 10.0  # global gradient-norm clip (0 = off)
     config.train.log_every = 100  # steps between metrics lines
@@ -104,7 +105,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.max_boxes = 0  # evaluate only the first N boxes (0 = all; for quick checks)
 
     config.init = ml_collections.ConfigDict()
-    config.init.backbone = ""  # Keras Applications ResNet h5 (ImageNet); "" = random initialisation
+    config.init.backbone = ""  # ImageNet ResNet: Keras h5 or torchvision/timm .safetensors; "" = random init
     config.init.posenet_tfjs = ""  # PoseNet TF.js model JSON (configs/posenet.py)
 
     if variant == "gt_boxes":

@@ -195,3 +195,22 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps[-2:] == [saved[0] + 1, saved[0] + 2]
+
+
+def test_learning_rate_schedules():
+    from hvpose.train import learning_rate_schedule
+
+    config = tiny_config()
+    config.train.steps, config.train.warmup_steps, config.train.batch_size = 1000, 100, 64
+    config.train.learning_rate, config.train.decay_boundaries = 1e-3, (0.5, 0.9)
+    step = learning_rate_schedule(config)
+    assert float(step(0)) == pytest.approx(1e-6, rel=1e-4) and float(step(100)) == pytest.approx(1e-3)
+    assert float(step(499)) == pytest.approx(1e-3) and float(step(500)) == pytest.approx(1e-4)
+    assert float(step(950)) == pytest.approx(1e-5)
+    config.train.schedule = "cosine"
+    cosine = learning_rate_schedule(config)
+    assert float(cosine(100)) == pytest.approx(1e-3)
+    assert float(cosine(550)) == pytest.approx(0.5e-3, rel=1e-4) and float(cosine(1000)) == pytest.approx(0, abs=1e-9)
+    config.train.schedule = "linear"
+    with pytest.raises(experiment.ConfigError, match="config.train.schedule"):
+        learning_rate_schedule(config)

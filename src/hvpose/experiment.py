@@ -16,6 +16,7 @@ from hvpose.data.demo_data import ensure_demo_dataset
 from hvpose.data.tfds_coco import PreparedDataset, prepare
 from hvpose.models.pose_net import PoseNet
 from hvpose.pretrained.keras_resnet import KERAS_IMAGENET_BGR_MEAN
+from hvpose.pretrained.torch_resnet import TORCH_IMAGENET_MEAN, TORCH_IMAGENET_STD
 
 DATA_AXIS = "data"
 
@@ -57,7 +58,9 @@ def preprocess(images: jax.Array, mode: str) -> jax.Array:
         return images[..., ::-1] - jnp.asarray(KERAS_IMAGENET_BGR_MEAN, jnp.float32)
     if mode == "unit":
         return images / 127.5 - 1.0
-    raise ConfigError(f"config.model.preprocess: {mode!r} is not 'caffe' or 'unit'")
+    if mode == "torchvision":  # torchvision/timm ImageNet ResNets: RGB in [0, 1], standardised per channel
+        return (images / 255.0 - jnp.asarray(TORCH_IMAGENET_MEAN)) / jnp.asarray(TORCH_IMAGENET_STD)
+    raise ConfigError(f"config.model.preprocess: {mode!r} is not 'caffe', 'unit' or 'torchvision'")
 
 
 def make_mesh() -> jax.sharding.Mesh:

@@ -49,13 +49,21 @@ class NonFiniteLossError(RuntimeError):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up to the peak (scaled by batch / 64), then 10x decays at the configured fractions of steps."""
+    """Linear warm-up to the peak (scaled by batch / 64), then 10x step decays at the configured fractions of
+    steps (`config.train.schedule = "step"`, the paper's kind) or a cosine decay to zero (`"cosine"`)."""
     t = config.train
     peak = t.learning_rate * t.batch_size / 64
-    boundaries = {int(fraction * t.steps): 0.1 for fraction in t.decay_boundaries if int(fraction * t.steps) > 0}
     warmup = optax.linear_schedule(peak * 1e-3, peak, max(t.warmup_steps, 1))
-    decay = optax.piecewise_constant_schedule(peak, {k - t.warmup_steps: v for k, v in boundaries.items()
-                                                     if k > t.warmup_steps})
+    schedule = t.get("schedule", "step")
+    if schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, max(t.steps - t.warmup_steps, 1))
+    elif schedule == "step":
+        boundaries = {int(fraction * t.steps): 0.1 for fraction in t.decay_boundaries
+                      if int(fraction * t.steps) > 0}
+        decay = optax.piecewise_constant_schedule(peak, {k - t.warmup_steps: v for k, v in boundaries.items()
+                                                         if k > t.warmup_steps})
+    else:
+        raise experiment.ConfigError(f"config.train.schedule: {schedule!r} is not 'step' or 'cosine'")
     return optax.join_schedules([warmup, decay], [t.warmup_steps])
 
 
@@ -81,13 +89,22 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def init_state(model: PoseNet, optimizer: optax.GradientTransformation, crop_size: tuple[int, int], seed: int,
                backbone: str = "") -> TrainState:
-    """Fresh state: random initialisation, with the backbone from a Keras ImageNet h5 when `backbone` is set."""
+    """Fresh state: random initialisation, with the backbone's ImageNet weights when `backbone` names a Keras
+    Applications h5 or a torchvision/timm `.safetensors` file."""
     variables = model.init(jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.float32))
     params, batch_stats = variables["params"], variables["batch_stats"]
     if backbone:
-        from hvpose.pretrained.keras_resnet import check_matches, read_keras_resnet_weights
+        from hvpose.pretrained.keras_resnet import WeightFileError, check_matches, read_keras_resnet_weights
+        from hvpose.pretrained.torch_resnet import read_torch_resnet_weights
 
-        loaded = read_keras_resnet_weights(backbone, model.depth)
+        # Keras Applications h5 (stride on the 1x1, conv biases) or torchvision/timm safetensors (on the 3x3).
+        torch_layout = backbone.endswith(".safetensors")
+        needed = "3x3" if torch_layout else "1x1"
+        if model.stride_on != needed:
+            raise WeightFileError(f"{backbone}: {'torchvision/timm' if torch_layout else 'Keras'} ResNet weights "
+                                  f"need config.model.stride_on={needed!r} (and conv_bias={not torch_layout})")
+        read = read_torch_resnet_weights if torch_layout else read_keras_resnet_weights
+        loaded = read(backbone, model.depth)
         check_matches(loaded, {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, backbone)
         params = {**params, "backbone": jax.tree.map(jnp.asarray, loaded["params"])}
         batch_stats = {**batch_stats, "backbone": jax.tree.map(jnp.asarray, loaded["batch_stats"])}
