@@ -19,6 +19,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/voting.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/input_pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,12 +1,16 @@
-"""Describes the machine a benchmark ran on, so recorded results say where they came from."""
+"""What every benchmark shares: the machine it ran on (so recorded results say where they came from), timing,
+and writing its results as JSON."""
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import platform
 import re
 import socket
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 
@@ -41,3 +45,25 @@ def machine_info() -> dict[str, Any]:
         "jax": jax.__version__,
         "numpy": __import__("numpy").__version__,
     }
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Best wall time of `repeats` calls of `fn` (results awaited) after one warm-up call (compilation)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def write_results(out: pathlib.Path, benchmark: str, settings: dict[str, Any], machine: dict[str, Any],
+                  rows: list[dict[str, Any]]) -> None:
+    """Writes `{"benchmark", "config", "machine", "results"}` to `out` and says where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {key: value if isinstance(value, (int, float, bool, type(None))) else str(value)
+                for key, value in settings.items()}
+    out.write_text(json.dumps({"benchmark": benchmark, "config": settings | {"out": str(out)}, "machine": machine,
+                               "results": rows}, indent=2) + "\n")
+    print(f"wrote {os.path.relpath(out)}")

@@ -14,32 +14,18 @@ Speed-ups are ratios to the baseline measured in the same run, since this machin
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
 import sys
-import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import best_time, machine_info, write_results  # noqa: E402
 
 from hvpose.ops.voting import hough_vote, hough_vote_numpy  # noqa: E402
 from hvpose.targets import make_targets  # noqa: E402
-
-
-def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def make_inputs(kind: str, batch: int, height: int, width: int, keypoints: int, radius: float,
@@ -96,10 +82,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['inputs']:8} {row['implementation']:16} {row['seconds']:9.4f} {row['crops_per_second']:9.1f} "
               f"{row['speedup_vs_numpy']:8.2f}x")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "voting", "config": vars(args) | {"out": str(out)},
-                               "machine": machine, "results": rows}, indent=2) + "\n")
-    print(f"wrote {os.path.relpath(out)}")
+    write_results(out, "voting", vars(args), machine, rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from hvpose.data.pipeline import eval_loader, global_batch, gt_boxes
 from hvpose.data.tfds_coco import PreparedDataset
 from hvpose.keypoints import KeypointSet
 from hvpose.metrics import dump
-from hvpose.models.pose_net import PoseNet
 from hvpose.ops.flip import flip_back
 from hvpose.ops.nms import oks_nms
 from hvpose.ops.voting import argmax_keypoints, decode_argmax_offset_jnp, vote_maps

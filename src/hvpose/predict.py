@@ -69,7 +69,7 @@ class Predictor:
         self.crop_size = tuple(int(n) for n in crop_size)
         self.keypoint_threshold, self.use_box_score = keypoint_threshold, use_box_score
         self.oks_nms_threshold, self.batch_size, self.enlarge = oks_nms_threshold, batch_size, enlarge
-        self.draw_threshold = draw_threshold
+        self.draw_threshold, self.decoder = draw_threshold, decoder
         self.variables = jax.device_put(variables)
         infer = evaluate.make_inference(model, preprocess, keypoint_set.flip_permutation() if flip_test else None,
                                         voting_radius, decoder)

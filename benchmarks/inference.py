@@ -1,0 +1,90 @@
+"""Benchmark: batched inference, network to keypoints, and the Predictor on a real photo; ratios in the same run.
+
+    python benchmarks/inference.py [--batch 8] [--repeats 3] [--out benchmarks/results/inference-<machine>.json]
+
+Rows (best of `--repeats` after a warm-up; compilation excluded), on 353x257 crops:
+  * network: PoseNet's MobileNet (real weights from ../shared/data) and a ResNet at output stride 8 (`--depth`,
+    random weights), each with the decoders `argmax_offset` (the baseline: no voting), `hough` (voting at full
+    crop resolution), and `hough` with the flip test (two network passes), as `hvpose.evaluate` runs them;
+  * predictor: `hvpose.Predictor` on a real COCO photo with its people's boxes, image in, people out (cropping on
+    the host included).
+Ratios are to the baseline row of the same network, since this machine's absolute speed is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from machine import best_time, machine_info, write_results  # noqa: E402
+
+import hvpose  # noqa: E402
+from hvpose.evaluate import make_inference  # noqa: E402
+from hvpose.keypoints import COCO17  # noqa: E402
+from hvpose.models.pose_net import PoseNet  # noqa: E402
+from hvpose.pretrained import load_posenet_tfjs  # noqa: E402
+
+SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared"
+                                     / "data"))
+POSENET = SHARED / "posenet/tfjs_mobilenet075_stride16/model-stride16.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=50, help="ResNet depth of the second network")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="JSON results file (default: benchmarks/results/inference-<machine>.json)")
+    args = parser.parse_args()
+    machine = machine_info()
+    out = args.out or pathlib.Path(__file__).parent / "results" / f"inference-{machine['name']}.json"
+    rng = np.random.default_rng(0)
+    crops = jnp.asarray(rng.integers(0, 256, (args.batch, 353, 257, 3), np.uint8))
+
+    posenet, posenet_variables = load_posenet_tfjs(POSENET)
+    resnet = PoseNet(depth=args.depth, output_stride=8, stride_on="3x3", conv_bias=False)
+    resnet_variables = resnet.init(jax.random.key(0), crops[:1].astype(jnp.float32))
+    networks = {"posenet-mobilenet075-os16": (posenet, posenet_variables, "unit"),
+                f"resnet{args.depth}-os8": (resnet, resnet_variables, "caffe")}
+    rows = []
+    for name, (model, variables, preprocess) in networks.items():
+        baseline = None
+        for decoder, flip in (("argmax_offset", False), ("hough", False), ("hough", True)):
+            infer = jax.jit(make_inference(model, preprocess, COCO17.flip_permutation() if flip else None, 25.0,
+                                           decoder))
+            seconds = best_time(lambda: infer(variables, crops), args.repeats)
+            baseline = baseline or seconds
+            rows.append({"what": "network", "network": name, "decoder": decoder, "flip_test": flip,
+                         "seconds": seconds, "crops_per_second": args.batch / seconds,
+                         "time_vs_baseline": seconds / baseline})
+
+    photo = SHARED / "coco_sample/images/000000196141.jpg"
+    annotations = json.loads((SHARED / "coco_sample/test_coco.json").read_text())["annotations"]
+    boxes = [a["bbox"] for a in annotations if a["image_id"] == 196141]
+    predictor = hvpose.Predictor.from_posenet_tfjs(str(POSENET), batch_size=args.batch)
+    seconds = best_time(lambda: predictor(photo, boxes), args.repeats)
+    rows.append({"what": "predictor", "network": "posenet-mobilenet075-os16", "decoder": predictor.decoder,
+                 "flip_test": True, "seconds": seconds, "crops_per_second": len(boxes) / seconds,
+                 "time_vs_baseline": None, "boxes": len(boxes)})
+
+    print(f"Inference, batch {args.batch} x 353x257 ({machine['cpu']}, {machine['cores']} cores, jax "
+          f"{jax.__version__} on {machine['jax_backend']}), best of {args.repeats}")
+    print(f"{'what':10} {'network':26} {'decoder':14} {'flip':5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
+    for row in rows:
+        ratio = f"{row['time_vs_baseline']:7.2f}x" if row["time_vs_baseline"] else "       -"
+        print(f"{row['what']:10} {row['network']:26} {row['decoder']:14} {str(row['flip_test']):5} "
+              f"{row['seconds']:8.3f} {row['crops_per_second']:8.1f} {ratio}")
+    write_results(out, "inference", vars(args), machine, rows)
+
+
+if __name__ == "__main__":
+    main()
