@@ -106,8 +106,9 @@ class Predictor:
         """Google's PoseNet weights (a TF.js graph model's model.json).
 
         Decodes with argmax + offset by default, which PoseNet's offsets were trained for and which measured
-        better than Hough voting with these weights (keypoint AP 0.46 against 0.42 on the real COCO sample with
-        ground-truth boxes; see the README); its keypoint scores are then heatmap probabilities.
+        better than Hough voting with these weights and the flip test (keypoint AP 0.44 against 0.40 on the 12
+        people of the real COCO sample with ground-truth boxes, 0.41 against 0.39 with detector boxes; see the
+        README); its keypoint scores are then heatmap probabilities.
         """
         from hvpose.pretrained.posenet import load_posenet_tfjs
 
