@@ -4,8 +4,8 @@
         [--out benchmarks/results/train_step-<machine>.json]
 
 Rows vary one setting of the config at a time against the config as it is (the baseline, same run):
-`loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th), `model.compute_dtype`
-(float32 against bfloat16) and `model.output_stride`. `--paper` adds `configs/coco.py` itself (ResNet-101 at
+`loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th) and `model.compute_dtype`
+(float32 against bfloat16). `--paper` adds `configs/coco.py` itself (ResNet-101 at
 output stride 8, 353x257, bfloat16) at a small batch: the step the paper's training repeats half a million
 times. Times are the best of `--repeats` steps after compilation, on a fixed random batch already on the devices.
 """

@@ -34,6 +34,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.aux_head = True  # deep supervision on block3 (the paper's intermediate loss)
     config.model.bn_frozen = False  # BatchNorm statistics over the global batch
     config.model.bn_momentum = 0.9  # running statistics decay
+    config.model.bn_epsilon = 1.001e-5  # Keras Applications' (torchvision/timm weights: 1e-5)
     config.model.compute_dtype = "bfloat16"  # MXU-native on TPU; parameters stay float32
     config.model.preprocess = "caffe"  # Keras ImageNet ResNets: BGR minus the mean ("torchvision", "unit")
 

@@ -1,12 +1,12 @@
 """Where keypoint AP is lost: per-person OKS, occluded against visible keypoints, mirror-wise people, and the AP
 an oracle would reach with the visible (or the occluded) keypoints exactly right.
 
-    .venv/bin/python scripts/error_analysis.py GROUND_TRUTH.json WORKDIR/eval/results.json [--sigmas COCO]
+    .venv/bin/python scripts/error_analysis.py GROUND_TRUTH.json WORKDIR/eval/results.json
 
 Each labelled ground-truth person is matched to the prediction (same image) with the highest OKS. "Mirror-wise"
 counts people whose prediction fits better by more than 0.1 OKS with left and right swapped. The oracle rows
 re-run COCOeval after replacing the chosen keypoints of each matched prediction by the ground truth, keeping the
-scores, so they bound what better localisation of those keypoints alone could give.
+scores, so they bound what better localisation of those keypoints alone could give. COCO-17 keypoints and sigmas.
 """
 
 from __future__ import annotations

@@ -117,3 +117,8 @@ def test_predict_command_draws_a_picture(shared_data, tmp_path):
     assert mixed.returncode == 1
     assert mixed.stderr.strip().splitlines()[-1] == f"hvpose: error: {boxes}: boxes of 4 images; choose one with " \
                                                     "--image_id"
+
+
+def test_crop_size_must_suit_the_output_stride(posenet_predictor):
+    with pytest.raises(ValueError, match="16n\\+1"):
+        hvpose.Predictor(posenet_predictor.model, posenet_predictor.variables, crop_size=(352, 256))

@@ -46,6 +46,10 @@ def make_inference(model: Any, preprocess_mode: str, flip_permutation: np.ndarra
     """
     if decoder not in DECODERS:
         raise experiment.ConfigError(f"config.eval.decoder: {decoder!r} is not one of {list(DECODERS)}")
+    # Maps on a coarser grid than the crop (map_stride > 1) suit argmax + offset only: voting needs every pixel.
+    stride = getattr(model, "map_stride", 1)
+    if stride != 1 and decoder == "hough":
+        raise experiment.ConfigError(f"Hough voting needs full-resolution maps; the model has map_stride {stride}")
     permutation = None if flip_permutation is None else jnp.asarray(flip_permutation)
 
     def infer(variables: Any, images: jax.Array) -> jax.Array:
@@ -58,7 +62,7 @@ def make_inference(model: Any, preprocess_mode: str, flip_permutation: np.ndarra
                                               permutation)
             heatmaps, offsets = (heatmaps + heatmaps_f) / 2, (offsets + offsets_f) / 2
         if decoder == "argmax_offset":
-            return decode_argmax_offset_jnp(heatmaps, offsets)
+            return decode_argmax_offset_jnp(heatmaps, offsets, stride)
         return argmax_keypoints(vote_maps(heatmaps, offsets, jnp.float32(radius)))
 
     return infer
@@ -227,7 +231,9 @@ def evaluate_posenet(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     """`--mode=eval` with `config.init.posenet_tfjs`: evaluates PoseNet's released weights (no checkpoint)."""
     from hvpose.pretrained.posenet import load_posenet_tfjs
 
-    model, variables = load_posenet_tfjs(config.init.posenet_tfjs)
+    # Argmax + offset reads the stride-16 grid directly (the same cells and offsets as the upsampled maps).
+    model, variables = load_posenet_tfjs(config.init.posenet_tfjs,
+                                         map_stride=16 if config.eval.decoder == "argmax_offset" else 1)
     if model.output_stride != config.model.output_stride:
         raise experiment.ConfigError(f"config.model.output_stride is {config.model.output_stride} but "
                                      f"{config.init.posenet_tfjs} has output stride {model.output_stride}")

@@ -47,6 +47,7 @@ def build_model(config: ml_collections.ConfigDict, num_keypoints: int, map_strid
     return PoseNet(num_keypoints=num_keypoints, depth=config.model.depth, output_stride=config.model.output_stride,
                    stride_on=config.model.stride_on, conv_bias=config.model.conv_bias,
                    bn_frozen=config.model.bn_frozen, bn_momentum=config.model.bn_momentum,
+                   bn_epsilon=config.model.get("bn_epsilon", 1.001e-5),
                    base_width=config.model.base_width, aux_head=config.model.aux_head, map_stride=map_stride,
                    dtype=dtypes[config.model.compute_dtype])
 

@@ -47,7 +47,7 @@ class Predictor:
       model, variables: a `PoseNet` or `MobileNetPoseNet` and its variables (`{"params": ..., "batch_stats": ...}`).
       keypoint_set: names, skeleton, flip pairs and OKS sigmas of the model's keypoints.
       crop_size: (height, width) of the crops the model takes (s*n+1 for output stride s).
-      preprocess: "caffe" or "unit" (see `hvpose.experiment.preprocess`).
+      preprocess: "caffe", "unit" or "torchvision" (see `hvpose.experiment.preprocess`).
       flip_test: average with the mirrored crop.
       voting_radius: R of the 1/(pi R^2) vote normalisation (crop pixels).
       decoder: "hough" or "argmax_offset".
@@ -65,6 +65,10 @@ class Predictor:
                  enlarge: float = 1.25, draw_threshold: float = 0.05):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        stride = model.output_stride
+        if (crop_size[0] - 1) % stride or (crop_size[1] - 1) % stride:
+            raise ValueError(f"crop_size {tuple(crop_size)} must be of the form {stride}n+1 for the model's output "
+                             "stride (feature cells on crop pixels; exact flip test)")
         self.model, self.keypoint_set = model, keypoint_set
         self.crop_size = tuple(int(n) for n in crop_size)
         self.keypoint_threshold, self.use_box_score = keypoint_threshold, use_box_score
@@ -112,10 +116,13 @@ class Predictor:
         """
         from hvpose.pretrained.posenet import load_posenet_tfjs
 
-        model, variables = load_posenet_tfjs(model_json)
         settings = dict(crop_size=(353, 257), preprocess="unit", voting_radius=32.0, keypoint_threshold=0.0,
                         decoder="argmax_offset", draw_threshold=0.3)
-        return cls(model, variables, **{**settings, **options})
+        settings.update(options)
+        # Argmax + offset reads the stride-16 grid directly: no upsampling of the maps to every crop pixel.
+        model, variables = load_posenet_tfjs(model_json, map_stride=16 if settings["decoder"] == "argmax_offset"
+                                             else 1)
+        return cls(model, variables, **settings)
 
     def __call__(self, image: np.ndarray | str | os.PathLike[str],
                  boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> list[Person]:
@@ -222,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         visualize.save_png(args.out, predictor.draw(image, people))
     except (OSError, ValueError, WeightFileError) as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError) as error:  # a boxes file of the wrong shape
+        print(f"hvpose: error: {args.boxes}: not a list of boxes or detections ({error!r})", file=sys.stderr)
         return 1
     for person in people:
         print(json.dumps({"box": [round(v, 1) for v in person.box], "score": round(person.score, 4),

@@ -99,10 +99,10 @@ def init_state(model: PoseNet, optimizer: optax.GradientTransformation, crop_siz
 
         # Keras Applications h5 (stride on the 1x1, conv biases) or torchvision/timm safetensors (on the 3x3).
         torch_layout = backbone.endswith(".safetensors")
-        needed = "3x3" if torch_layout else "1x1"
-        if model.stride_on != needed:
+        needed = ("3x3", False) if torch_layout else ("1x1", True)
+        if (model.stride_on, model.conv_bias) != needed:
             raise WeightFileError(f"{backbone}: {'torchvision/timm' if torch_layout else 'Keras'} ResNet weights "
-                                  f"need config.model.stride_on={needed!r} (and conv_bias={not torch_layout})")
+                                  f"need config.model.stride_on={needed[0]!r} and conv_bias={needed[1]}")
         read = read_torch_resnet_weights if torch_layout else read_keras_resnet_weights
         loaded = read(backbone, model.depth)
         check_matches(loaded, {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, backbone)
@@ -190,6 +190,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     `evaluate_fn(variables, step)` runs every `config.train.eval_every` steps and at the end, if given.
     `stop_at` ends this run after that step with a checkpoint, as a preemption would (for time-boxed jobs).
     """
+    if config.init.posenet_tfjs:
+        raise experiment.ConfigError("config.init.posenet_tfjs: PoseNet weights are for --mode=eval (hvpose does not "
+                                     "train the imported MobileNet)")
+    if config.init.backbone:
+        wanted = "torchvision" if config.init.backbone.endswith(".safetensors") else "caffe"
+        if config.model.preprocess != wanted:
+            raise experiment.ConfigError(f"config.model.preprocess must be {wanted!r} for the ImageNet weights in "
+                                         f"{config.init.backbone}")
     workdir = experiment.resolve_workdir(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     crop = experiment.crop_size(config)

@@ -64,6 +64,14 @@ def load_posenet_tfjs(model_json: str | os.PathLike[str], map_stride: int = 1) -
     or not a chain of convolutions with PoseNet's heads.
     """
     graph = read_graph_model(model_json)
+    try:
+        return _build(graph, map_stride)
+    except (KeyError, IndexError) as error:
+        raise WeightFileError(f"{graph.path}: the graph does not have PoseNet's structure (missing {error})") \
+            from None
+
+
+def _build(graph: GraphModel, map_stride: int) -> tuple[MobileNetPoseNet, dict]:
     path = graph.path
     placeholders = [node for node in graph.nodes.values() if node.op == "Placeholder"]
     if len(placeholders) != 1:

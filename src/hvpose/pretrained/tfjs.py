@@ -78,12 +78,16 @@ def _dequantise(raw: bytes, spec: dict[str, Any], path: str) -> np.ndarray:
     if "scale" not in quantization or "min" not in quantization:
         raise WeightFileError(f"{path}: weight {spec['name']!r}: {stored} quantisation without min/scale")
     dequantised = quantization["min"] + quantization["scale"] * values.astype(np.float64)
+    if np.issubdtype(_DTYPES[spec["dtype"]], np.integer):
+        dequantised = np.round(dequantised)  # as TF.js does for quantised int32 weights
     return dequantised.astype(_DTYPES[spec["dtype"]])
 
 
-def _weight_bytes(spec: dict[str, Any]) -> int:
+def _weight_bytes(spec: dict[str, Any], path: str) -> int:
     stored = (spec.get("quantization") or {}).get("dtype", spec["dtype"])
-    return int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(_DTYPES.get(stored, np.float32)).itemsize
+    if stored not in _DTYPES:
+        raise WeightFileError(f"{path}: weight {spec['name']!r} has unsupported dtype {stored!r}")
+    return int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(_DTYPES[stored]).itemsize
 
 
 def read_graph_model(model_json: str | os.PathLike[str]) -> GraphModel:
@@ -100,6 +104,13 @@ def read_graph_model(model_json: str | os.PathLike[str]) -> GraphModel:
         raise WeightFileError(f"{path}: not a TF.js graph model (no modelTopology/weightsManifest)")
     if model.get("format", "graph-model") != "graph-model":
         raise WeightFileError(f"{path}: format {model.get('format')!r} is not a TF.js graph model")
+    try:
+        return _parse(model, path)
+    except (KeyError, TypeError, ValueError) as error:
+        raise WeightFileError(f"{path}: malformed TF.js graph model ({type(error).__name__}: {error})") from None
+
+
+def _parse(model: dict[str, Any], path: str) -> GraphModel:
     nodes = {}
     for entry in model["modelTopology"].get("node", []):
         inputs = tuple(name.lstrip("^").split(":")[0] for name in entry.get("input", []))
@@ -117,7 +128,7 @@ def read_graph_model(model_json: str | os.PathLike[str]) -> GraphModel:
                 raise WeightFileError(f"{path}: weight shard {shard!r} unreadable ({error.strerror})") from None
         position = 0
         for spec in group["weights"]:
-            size = _weight_bytes(spec)
+            size = _weight_bytes(spec, path)
             if position + size > len(data):
                 raise WeightFileError(f"{path}: weight shards end early at {spec['name']!r} "
                                       f"({len(data)} bytes, {position + size} needed)")
