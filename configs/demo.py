@@ -33,7 +33,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.crop.width = 97  # 16 * 6 + 1
     config.loss.radius = 9.0  # 25 px scaled to the crop (353 -> 129)
     config.loss.offset_scale = 9.0
-    config.loss.map_stride = 4  # loss on every 4th crop pixel: steps 1.2x faster than every 2nd, to fit 10 min
+    config.loss.map_stride = 2  # loss on every 2nd crop pixel: 1.45x faster steps (every 4th: 1.04x more, AP -0.016)
     config.eval.voting_radius = 9.0
 
     config.data.cache_dir = ""  # "" = WORKDIR/tfds
@@ -47,7 +47,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.steps = 1500
     config.train.learning_rate = 4e-3  # per batch 64; scaled to 1e-3 at batch 16
     config.train.warmup_steps = 100
-    config.train.decay_boundaries = (0.6, 0.85)  # 10x decays at 60% and 85% of the steps
+    config.train.decay_boundaries = (0.75, 0.92)  # 10x decays at 75% and 92% of the steps
     config.train.log_every = 50
     config.train.checkpoint_every = 500
     config.eval.batch_size = 32

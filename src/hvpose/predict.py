@@ -110,7 +110,7 @@ class Predictor:
         """Google's PoseNet weights (a TF.js graph model's model.json).
 
         Decodes with argmax + offset by default, which PoseNet's offsets were trained for and which measured
-        better than Hough voting with these weights and the flip test (keypoint AP 0.44 against 0.40 on the 12
+        better than Hough voting with these weights and the flip test (keypoint AP 0.45 against 0.40 on the 12
         people of the real COCO sample with ground-truth boxes, 0.41 against 0.39 with detector boxes; see the
         README); its keypoint scores are then heatmap probabilities.
         """
