@@ -4,8 +4,10 @@
 
 Rows (best of `--repeats` after a warm-up; compilation excluded), on 353x257 crops:
   * network: PoseNet's MobileNet (real weights from ../shared/data) and a ResNet at output stride 8 (`--depth`,
-    random weights), each with the decoders `argmax_offset` (the baseline: no voting), `hough` (voting at full
-    crop resolution), and `hough` with the flip test (two network passes), as `hvpose.evaluate` runs them;
+    random weights), each with the decoders `argmax_offset` on maps upsampled to every crop pixel (the baseline),
+    `hough` (voting at full crop resolution), `hough` with the flip test (two network passes), and
+    `argmax_offset-grid` (the same decoding read off the feature grid, as `Predictor.from_posenet_tfjs` runs it),
+    without and with the flip test; all as `hvpose.evaluate` runs them;
   * predictor: `hvpose.Predictor` on a real COCO photo with its people's boxes, image in, people out (cropping on
     the host included).
 Ratios are to the baseline row of the same network, since this machine's absolute speed is noisy.
@@ -55,16 +57,20 @@ def main() -> None:
     resnet_variables = resnet.init(jax.random.key(0), crops[:1].astype(jnp.float32))
     networks = {"posenet-mobilenet075-os16": (posenet, posenet_variables, "unit"),
                 f"resnet{args.depth}-os8": (resnet, resnet_variables, "caffe")}
+    # (decoder, flip test, maps on the feature grid): argmax + offset can read the grid without upsampling.
+    variants = [("argmax_offset", False, False), ("hough", False, False), ("hough", True, False),
+                ("argmax_offset", False, True), ("argmax_offset", True, True)]
     rows = []
     for name, (model, variables, preprocess) in networks.items():
         baseline = None
-        for decoder, flip in (("argmax_offset", False), ("hough", False), ("hough", True)):
-            infer = jax.jit(make_inference(model, preprocess, COCO17.flip_permutation() if flip else None, 25.0,
+        for decoder, flip, on_grid in variants:
+            network = model.clone(map_stride=model.output_stride) if on_grid else model
+            infer = jax.jit(make_inference(network, preprocess, COCO17.flip_permutation() if flip else None, 25.0,
                                            decoder))
             seconds = best_time(lambda: infer(variables, crops), args.repeats)
             baseline = baseline or seconds
-            rows.append({"what": "network", "network": name, "decoder": decoder, "flip_test": flip,
-                         "seconds": seconds, "crops_per_second": args.batch / seconds,
+            rows.append({"what": "network", "network": name, "decoder": decoder + ("-grid" if on_grid else ""),
+                         "flip_test": flip, "seconds": seconds, "crops_per_second": args.batch / seconds,
                          "time_vs_baseline": seconds / baseline})
 
     photo = SHARED / "coco_sample/images/000000196141.jpg"
@@ -78,10 +84,10 @@ def main() -> None:
 
     print(f"Inference, batch {args.batch} x 353x257 ({machine['cpu']}, {machine['cores']} cores, jax "
           f"{jax.__version__} on {machine['jax_backend']}), best of {args.repeats}")
-    print(f"{'what':10} {'network':26} {'decoder':14} {'flip':5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
+    print(f"{'what':10} {'network':26} {'decoder':18} {'flip':5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
     for row in rows:
         ratio = f"{row['time_vs_baseline']:7.2f}x" if row["time_vs_baseline"] else "       -"
-        print(f"{row['what']:10} {row['network']:26} {row['decoder']:14} {str(row['flip_test']):5} "
+        print(f"{row['what']:10} {row['network']:26} {row['decoder']:18} {str(row['flip_test']):5} "
               f"{row['seconds']:8.3f} {row['crops_per_second']:8.1f} {ratio}")
     write_results(out, "inference", vars(args), machine, rows)
 

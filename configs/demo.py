@@ -33,7 +33,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.crop.width = 97  # 16 * 6 + 1
     config.loss.radius = 9.0  # 25 px scaled to the crop (353 -> 129)
     config.loss.offset_scale = 9.0
-    config.loss.map_stride = 2  # loss on every 2nd crop pixel: 1.45x faster steps (every 4th: 1.04x more, AP -0.016)
+    config.loss.map_stride = 2  # loss on every 2nd crop pixel: 1.47x faster steps than every pixel (4th: ~1.06x)
     config.eval.voting_radius = 9.0
 
     config.data.cache_dir = ""  # "" = WORKDIR/tfds
@@ -44,7 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.augment.rotation = 20.0  # more variety per image for a small dataset
 
     config.train.batch_size = 16
-    config.train.steps = 1300  # about 7.5 minutes of training here, to leave room for set-up and evaluation
+    config.train.steps = 1300  # 6.5-8.5 minutes of training here, leaving room for set-up and evaluation
     config.train.learning_rate = 4e-3  # per batch 64; scaled to 1e-3 at batch 16
     config.train.warmup_steps = 100
     config.train.decay_boundaries = (0.75, 0.92)  # 10x decays at 75% and 92% of the steps
