@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import best_time, machine_info, write_results  # noqa: E402
 
 import hvpose  # noqa: E402
-from hvpose.evaluate import make_inference  # noqa: E402
+from hvpose.evaluate import make_inference, model_for_decoder  # noqa: E402
 from hvpose.keypoints import COCO17  # noqa: E402
 from hvpose.models.pose_net import PoseNet  # noqa: E402
 from hvpose.pretrained import load_posenet_tfjs  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
     for name, (model, variables, preprocess) in networks.items():
         baseline = None
         for decoder, flip, on_grid in variants:
-            network = model.clone(map_stride=model.output_stride) if on_grid else model
+            network = model_for_decoder(model, decoder) if on_grid else model
             infer = jax.jit(make_inference(network, preprocess, COCO17.flip_permutation() if flip else None, 25.0,
                                            decoder))
             seconds = best_time(lambda: infer(variables, crops), args.repeats)

@@ -37,6 +37,12 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "
 DECODERS = ("hough", "argmax_offset")
 
 
+def model_for_decoder(model: Any, decoder: str) -> Any:
+    """`model` with maps on its own feature grid when `decoder` is argmax + offset: the argmax of bilinearly
+    upsampled maps falls on a grid cell anyway, with that cell's offset, so upsampling would be wasted work."""
+    return model.clone(map_stride=model.output_stride) if decoder == "argmax_offset" else model
+
+
 def make_inference(model: Any, preprocess_mode: str, flip_permutation: np.ndarray | None,
                    radius: float, decoder: str = "hough") -> Any:
     """A pure function (variables, uint8 crops) -> (B, K, 3) keypoints (x, y, score) in crop pixels.
@@ -231,9 +237,8 @@ def evaluate_posenet(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     """`--mode=eval` with `config.init.posenet_tfjs`: evaluates PoseNet's released weights (no checkpoint)."""
     from hvpose.pretrained.posenet import load_posenet_tfjs
 
-    # Argmax + offset reads the stride-16 grid directly (the same cells and offsets as the upsampled maps).
-    model, variables = load_posenet_tfjs(config.init.posenet_tfjs,
-                                         map_stride=16 if config.eval.decoder == "argmax_offset" else 1)
+    model, variables = load_posenet_tfjs(config.init.posenet_tfjs)
+    model = model_for_decoder(model, config.eval.decoder)
     if model.output_stride != config.model.output_stride:
         raise experiment.ConfigError(f"config.model.output_stride is {config.model.output_stride} but "
                                      f"{config.init.posenet_tfjs} has output stride {model.output_stride}")

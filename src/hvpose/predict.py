@@ -119,10 +119,8 @@ class Predictor:
         settings = dict(crop_size=(353, 257), preprocess="unit", voting_radius=32.0, keypoint_threshold=0.0,
                         decoder="argmax_offset", draw_threshold=0.3)
         settings.update(options)
-        # Argmax + offset reads the stride-16 grid directly: no upsampling of the maps to every crop pixel.
-        model, variables = load_posenet_tfjs(model_json, map_stride=16 if settings["decoder"] == "argmax_offset"
-                                             else 1)
-        return cls(model, variables, **settings)
+        model, variables = load_posenet_tfjs(model_json)
+        return cls(evaluate.model_for_decoder(model, settings["decoder"]), variables, **settings)
 
     def __call__(self, image: np.ndarray | str | os.PathLike[str],
                  boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> list[Person]:
