@@ -7,7 +7,7 @@ Rows (best of `--repeats` after a warm-up; compilation excluded), on 353x257 cro
     random weights), each with the decoders `argmax_offset` on maps upsampled to every crop pixel (the baseline),
     `hough` (voting at full crop resolution), `hough` with the flip test (two network passes), and
     `argmax_offset-grid` (the same decoding read off the feature grid, as `Predictor.from_posenet_tfjs` runs it),
-    without and with the flip test; all as `hvpose.evaluate` runs them;
+    without and with the flip test; all as `hvpose.inference` runs them;
   * predictor: `hvpose.Predictor` on a real COCO photo with its people's boxes, image in, people out (cropping on
     the host included).
 Ratios are to the baseline row of the same network, since this machine's absolute speed is noisy.
@@ -29,9 +29,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import best_time, machine_info, write_results  # noqa: E402
 
 import hvpose  # noqa: E402
-from hvpose.evaluate import make_inference, model_for_decoder  # noqa: E402
+from hvpose.inference import model_for_decoder, network_fn  # noqa: E402
 from hvpose.keypoints import COCO17  # noqa: E402
-from hvpose.models.pose_net import PoseNet  # noqa: E402
+from hvpose.models.keypoint_net import KeypointNet  # noqa: E402
 from hvpose.pretrained import load_posenet_tfjs  # noqa: E402
 
 SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared"
@@ -53,20 +53,19 @@ def main() -> None:
     crops = jnp.asarray(rng.integers(0, 256, (args.batch, 353, 257, 3), np.uint8))
 
     posenet, posenet_variables = load_posenet_tfjs(POSENET)
-    resnet = PoseNet(depth=args.depth, output_stride=8, stride_on="3x3", conv_bias=False)
-    resnet_variables = resnet.init(jax.random.key(0), crops[:1].astype(jnp.float32))
-    networks = {"posenet-mobilenet075-os16": (posenet, posenet_variables, "unit"),
-                f"resnet{args.depth}-os8": (resnet, resnet_variables, "caffe")}
+    resnet = KeypointNet(depth=args.depth, output_stride=8, stride_on="3x3", conv_bias=False, preprocess="caffe")
+    resnet_variables = resnet.init(jax.random.key(0), crops[:1])
+    networks = {"posenet-mobilenet075-os16": (posenet, posenet_variables),
+                f"resnet{args.depth}-os8": (resnet, resnet_variables)}
     # (decoder, flip test, maps on the feature grid): argmax + offset can read the grid without upsampling.
     variants = [("argmax_offset", False, False), ("hough", False, False), ("hough", True, False),
                 ("argmax_offset", False, True), ("argmax_offset", True, True)]
     rows = []
-    for name, (model, variables, preprocess) in networks.items():
+    for name, (model, variables) in networks.items():
         baseline = None
         for decoder, flip, on_grid in variants:
-            network = model_for_decoder(model, decoder) if on_grid else model
-            infer = jax.jit(make_inference(network, preprocess, COCO17.flip_permutation() if flip else None, 25.0,
-                                           decoder))
+            network = model_for_decoder(model, decoder) if on_grid else model.clone(map_stride=1)
+            infer = jax.jit(network_fn(network, COCO17.flip_permutation() if flip else None, 25.0, decoder))
             seconds = best_time(lambda: infer(variables, crops), args.repeats)
             baseline = baseline or seconds
             rows.append({"what": "network", "network": name, "decoder": decoder + ("-grid" if on_grid else ""),
@@ -78,7 +77,8 @@ def main() -> None:
     boxes = [a["bbox"] for a in annotations if a["image_id"] == 196141]
     predictor = hvpose.Predictor.from_posenet_tfjs(str(POSENET), batch_size=args.batch)
     seconds = best_time(lambda: predictor(photo, boxes), args.repeats)
-    rows.append({"what": "predictor", "network": "posenet-mobilenet075-os16", "decoder": predictor.decoder,
+    rows.append({"what": "predictor", "network": "posenet-mobilenet075-os16",
+                 "decoder": predictor.pipeline.settings.decoder,
                  "flip_test": True, "seconds": seconds, "crops_per_second": len(boxes) / seconds,
                  "time_vs_baseline": None, "boxes": len(boxes)})
 

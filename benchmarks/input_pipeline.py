@@ -37,7 +37,7 @@ from hvpose.data.crops import CROP_SIZE, crop_transform, invert_transform, scale
 from hvpose.data.images import decode_image, reduction_for_scale  # noqa: E402
 from hvpose.data.pipeline import TrainPersons, train_loader  # noqa: E402
 from hvpose.data.tfds_coco import prepare  # noqa: E402
-from hvpose.keypoints import flip_permutation  # noqa: E402
+from hvpose.keypoints import COCO17  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def stage_times(persons: TrainPersons, count: int, augment: Augmentation) -> dict[str, float]:
     """Mean seconds per crop of each stage of `TrainCrop`, run exactly as the pipeline runs it."""
     rng = np.random.default_rng(0)
-    perm = flip_permutation()
+    perm = COCO17.flip_permutation()
     totals = dict.fromkeys(("read", "decode", "warp", "rest"), 0.0)
     for i in range(count):
         t0 = time.perf_counter()

@@ -4,7 +4,7 @@
         [--out benchmarks/results/train_step-<machine>.json]
 
 Rows vary one setting of the config at a time against the config as it is (the baseline, same run):
-`loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th) and `model.compute_dtype`
+`loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th) and `model.dtype`
 (float32 against bfloat16). `--paper` adds `configs/coco.py` itself (ResNet-101 at
 output stride 8, 353x257, bfloat16) at a small batch: the step the paper's training repeats half a million
 times. Times are the best of `--repeats` steps after compilation, on a fixed random batch already on the devices.
@@ -25,8 +25,10 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import machine_info, write_results  # noqa: E402
 
-from hvpose import experiment  # noqa: E402
-from hvpose.train import init_state, jit_train_step, make_optimizer  # noqa: E402
+from hvpose import sharding  # noqa: E402
+from hvpose.data.crops import check_crop_size  # noqa: E402
+from hvpose.models.keypoint_net import KeypointNet  # noqa: E402
+from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,18 +42,19 @@ def load_config(path: pathlib.Path) -> Any:
 
 def step_seconds(config: Any, batch_size: int, repeats: int) -> float:
     config.train.batch_size = batch_size
-    crop = experiment.crop_size(config)
-    model = experiment.build_model(config, 17, map_stride=config.loss.map_stride)
-    optimizer = make_optimizer(config)
-    mesh = experiment.make_mesh()
+    crop = check_crop_size(**config.crop, output_stride=config.model.output_stride)
+    model = KeypointNet(num_keypoints=17, map_stride=config.loss.map_stride, **config.model)
+    optimizer = make_optimizer(config.train)
+    mesh = sharding.make_mesh()
     rng = np.random.default_rng(0)
     keypoints = np.concatenate([rng.uniform(0, [crop[1], crop[0]], (batch_size, 17, 2)),
                                 rng.integers(0, 3, (batch_size, 17, 1))], -1).astype(np.float32)
     with jax.set_mesh(mesh):
-        state = jax.device_put(init_state(model, optimizer, crop, 0), experiment.replicated(mesh))
-        step = jit_train_step(config, model, optimizer, mesh, state)
+        state = jax.device_put(init_state(model, optimizer, crop, 0), sharding.replicated(mesh))
+        step = jit_train_step(model, optimizer, learning_rate_schedule(config.train), config.loss.to_dict(), mesh,
+                              state)
         batch = jax.device_put({"image": rng.integers(0, 256, (batch_size, *crop, 3), np.uint8),
-                                "keypoints": keypoints}, experiment.batch_sharded(mesh))
+                                "keypoints": keypoints}, sharding.batch_sharded(mesh))
         state, metrics = step(state, batch)  # compile
         jax.block_until_ready(metrics)
         times = []
@@ -80,8 +83,8 @@ def main() -> None:
     for stride in (1, 2, 4):
         if stride != base.loss.map_stride and base.model.output_stride % stride == 0:
             variants.append((f"loss.map_stride={stride}", {"loss.map_stride": stride}))
-    other_dtype = "bfloat16" if base.model.compute_dtype == "float32" else "float32"
-    variants.append((f"model.compute_dtype={other_dtype}", {"model.compute_dtype": other_dtype}))
+    other_dtype = "bfloat16" if base.model.dtype == "float32" else "float32"
+    variants.append((f"model.dtype={other_dtype}", {"model.dtype": other_dtype}))
     rows = []
     baseline = None
     for label, overrides in variants:

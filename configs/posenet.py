@@ -1,38 +1,4 @@
-"""Evaluates Google's released PoseNet weights (MobileNetV1, heatmaps + offsets) through hvpose's top-down pipeline.
+"""The command-line path of `hvpose.configs.posenet` (the config itself lives in the package, so configs import each
+other and an installed hvpose has them too). Read and copy that file: `python -c "import hvpose.configs.posenet as c; print(c.__file__)"`."""
 
-    python -m hvpose.main --config=configs/posenet.py --mode=eval --workdir=/tmp/hvpose-posenet \
-        --config.init.posenet_tfjs=PATH/model-stride16.json \
-        --config.data.val.annotations=PATH/person_keypoints_val2017.json --config.data.val.images=PATH/val2017 \
-        [--config.data.val.boxes=DETECTIONS.json] [--config.eval.decoder=argmax_offset]
-
-Crops every box (ground truth, or a detection-results json) at 353x257 and 1.25x, runs PoseNet on it, votes,
-decodes, maps back, rescores, applies OKS-NMS and runs COCOeval, exactly as for a trained hvpose checkpoint. The
-TF.js graph model is read as its nodes say (see `hvpose.pretrained.posenet`); its weights come from
-tensorflow/tfjs-models (PoseNet, "quant2/075" MobileNetV1 at output stride 16).
-"""
-
-import importlib.util
-import pathlib
-
-import ml_collections
-
-# Load the sibling coco.py by path, so this file works wherever it is run from.
-_spec = importlib.util.spec_from_file_location("hvpose_config_coco", pathlib.Path(__file__).with_name("coco.py"))
-coco = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(coco)
-
-
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    config = coco.get_config()
-    config.init.posenet_tfjs = ""  # model.json of a PoseNet TF.js graph model (required)
-    config.model.output_stride = 16  # PoseNet MobileNet's; 353 = 16 * 22 + 1 and 257 = 16 * 16 + 1
-    config.model.preprocess = "unit"  # PoseNet expects RGB as x / 127.5 - 1
-    config.model.compute_dtype = "float32"  # the imported network runs in float32
-    config.eval.decoder = "hough"  # the paper's pipeline; "argmax_offset" (PoseNet's own) measured +0.05 AP here
-    config.eval.voting_radius = 32.0  # PoseNet (PersonLab) trains with disks of radius 32 px
-    config.eval.keypoint_threshold = 0.0  # all keypoints in the instance score (measured: AP 0.39 vs 0.20 at 0.2)
-    config.eval.batch_size = 16  # crops per inference batch
-    config.data.worker_count = 0  # decode in the main process: evaluation sets here are small
-    if variant:
-        raise ValueError(f"unknown variant {variant!r} of configs/posenet.py")
-    return config
+from hvpose.configs.posenet import get_config  # noqa: F401

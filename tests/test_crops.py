@@ -1,13 +1,14 @@
 """Crop geometry: aspect extension, the affine warp's pixel convention (also with reduced decoding), flips."""
 
+import functools
+
 import cv2
 import numpy as np
 import pytest
 
 from hvpose.data.crops import (CROP_SIZE, CropGeometry, apply_transform, crop_transform, extend_box,
-                               invert_transform, transform_keypoints, warp)
+                               invert_transform, render_crop, transform_keypoints, warp)
 from hvpose.data.images import decode_image, reduction_for_scale
-from hvpose.data.pipeline import render_crop
 
 
 def test_extend_box_keeps_centre_and_reaches_crop_aspect():
@@ -51,7 +52,7 @@ def test_crop_pixels_sit_where_the_transform_puts_the_keypoints(box_height, rota
     encoded = cv2.imencode(".png", blob_image(points, sigma=sigma))[1].tobytes()
     center, size = extend_box((250, 130, box_height * 0.5, box_height), CROP_SIZE, 1.25)
     geometry = CropGeometry(center, size, rotation, flip)
-    crop, matrix = render_crop(encoded, geometry)
+    crop, matrix = render_crop(functools.partial(decode_image, encoded), geometry)
     reduction = reduction_for_scale(257 / size[0])
     assert reduction == {250: 1, 600: 2, 1200: 4}[box_height]
     for point in apply_transform(matrix, points):

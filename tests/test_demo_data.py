@@ -8,7 +8,9 @@ from hvpose.data.coco import load_coco_keypoints
 from hvpose.data.demo_data import ensure_demo_dataset, mirror_scene, render, sample_scene
 from hvpose.data.pipeline import train_loader
 from hvpose.data.tfds_coco import prepare
-from hvpose.keypoints import NAMES, flip_permutation
+from hvpose.keypoints import COCO17
+
+NAMES = COCO17.names
 
 L_SHOULDER, R_SHOULDER = NAMES.index("left_shoulder"), NAMES.index("right_shoulder")
 
@@ -27,7 +29,7 @@ def test_mirrored_scene_renders_as_the_flipped_image_with_swapped_labels():
         assert len(people) == len(mirror_people)
         for person, mirrored in zip(people, mirror_people):
             a = np.array(person["keypoints"]).reshape(17, 3)
-            b = np.array(mirrored["keypoints"]).reshape(17, 3)[flip_permutation()]
+            b = np.array(mirrored["keypoints"]).reshape(17, 3)[COCO17.flip_permutation()]
             both = (a[:, 2] > 0) & (b[:, 2] > 0)
             np.testing.assert_allclose(b[both, 0], width - 1 - a[both, 0], atol=0.02)
             np.testing.assert_allclose(b[both, 1], a[both, 1], atol=0.02)

@@ -10,9 +10,10 @@ import pytest
 from hvpose.data.coco import load_coco_keypoints
 from hvpose.data.pipeline import eval_loader, gt_boxes
 from hvpose.data.tfds_coco import prepare
-from hvpose.evaluate import coco_evaluate, instance_score, suppress, to_coco_results, to_image
-from hvpose.keypoints import COCO17, OKS_SIGMAS
-from hvpose.models.pose_net import PoseNet
+from hvpose.evaluate import coco_evaluate, to_coco_results
+from hvpose.inference import PredictedPerson, instance_scores, suppress, to_image
+from hvpose.keypoints import COCO17
+from hvpose.models.keypoint_net import KeypointNet
 from hvpose.ops.flip import flip_back
 from hvpose.ops.nms import oks, oks_nms
 from hvpose.ops.voting import decode, hough_vote
@@ -34,7 +35,7 @@ def test_cocoeval_wrapper_reproduces_known_answers(shared_data):
     folder = shared_data / "cocoeval_regression"
     ground_truth = json.loads((folder / "gt_dataset.json").read_text())
     results = json.loads((folder / "dt_dataset.json").read_text())
-    stats = coco_evaluate(ground_truth, results, OKS_SIGMAS, verbose=False)
+    stats = coco_evaluate(ground_truth, results, np.asarray(COCO17.sigmas), verbose=False)
     expected = [0.5048844884488449, 0.7227722772277227, 0.6336633663366337, 0.46633663366336636, 0.7504950495049505,
                 0.5181818181818182, 0.7272727272727273, 0.6363636363636364, 0.4666666666666666, 0.75]
     np.testing.assert_allclose(list(stats.values()), expected, rtol=1e-12)
@@ -47,11 +48,11 @@ def test_oks_matches_pycocotools(shared_data):
     reference = np.concatenate([rng.uniform(0, 100, (17, 2)), np.full((17, 1), 2.0)], 1)
     others = reference[None, :, :2] + rng.normal(0, 3, (5, 17, 2))
     area = 2500.0
-    variances = (2 * OKS_SIGMAS) ** 2
+    variances = (2 * np.asarray(COCO17.sigmas)) ** 2
     d2 = ((others - reference[None, :, :2]) ** 2).sum(-1)
     expected = np.exp(-d2 / variances / (area + np.spacing(1)) / 2).mean(-1)
-    np.testing.assert_allclose(oks(reference, others, area, OKS_SIGMAS), expected, rtol=1e-9)
-    assert oks(reference, reference[None], area, OKS_SIGMAS)[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(oks(reference, others, area, np.asarray(COCO17.sigmas)), expected, rtol=1e-9)
+    assert oks(reference, reference[None], area, np.asarray(COCO17.sigmas))[0] == pytest.approx(1.0)
 
 
 def test_oks_nms_keeps_the_best_of_duplicates_and_distinct_people():
@@ -59,7 +60,7 @@ def test_oks_nms_keeps_the_best_of_duplicates_and_distinct_people():
     person_a = rng.uniform(0, 100, (17, 3))
     person_b = person_a + [300, 0, 0]
     keypoints = np.stack([person_a, person_a + 0.5, person_b, person_a + 40])
-    keep = oks_nms(keypoints, np.array([0.5, 0.9, 0.8, 0.7]), np.full(4, 5000.0), OKS_SIGMAS, 0.9)
+    keep = oks_nms(keypoints, np.array([0.5, 0.9, 0.8, 0.7]), np.full(4, 5000.0), np.asarray(COCO17.sigmas), 0.9)
     assert list(keep) == [1, 2, 3]  # 0 duplicates 1 (lower score); 3 is far enough to be another person
 
 
@@ -68,7 +69,7 @@ def test_flipped_crop_maps_flip_back_onto_the_original_grid():
 
     A network whose kernels are all left-right symmetric is flip-equivariant exactly when its feature grid maps
     onto itself under the flip, which crop widths of the form 8n+1 guarantee."""
-    model = PoseNet(num_keypoints=3, depth=18, output_stride=8, base_width=8)
+    model = KeypointNet(num_keypoints=3, depth=18, output_stride=8, base_width=8)
     crops = jax.random.normal(jax.random.key(0), (1, 41, 33, 3))
     variables = model.init(jax.random.key(1), crops)
     variables = jax.tree_util.tree_map_with_path(
@@ -122,9 +123,9 @@ def test_eval_chain_with_ideal_maps_scores_ap_1(shared_data, tmp_path):
             targets = make_targets(crop_keypoints[None], (353, 257), 25.0)
             decoded = np.asarray(decode(hough_vote(targets["heatmaps"], targets["offsets"], 25.0)))
             image_keypoints = to_image(decoded.astype(np.float64), batch["crop_to_image"][i:i + 1])[0]
-            people.append({"image_id": int(batch["image_id"][i]), "keypoints": image_keypoints,
-                           "box": np.array(person.bbox), "box_score": 1.0,
-                           "score": instance_score(image_keypoints[:, 2], 1.0, 0.2, True)})
+            score = instance_scores(image_keypoints[None, :, 2], np.ones(1), 0.2, True)[0]
+            people.append(PredictedPerson(box=person.bbox, box_score=1.0, score=score, keypoints=image_keypoints,
+                                          image_id=int(batch["image_id"][i])))
     assert len(people) == count == 12
     kept = suppress(people, COCO17.sigmas, 0.9)
     stats = coco_evaluate(prepared.dataset.raw, to_coco_results(kept, 1), COCO17.sigmas, verbose=False)

@@ -3,34 +3,35 @@ import json
 import numpy as np
 
 from hvpose import keypoints
+from hvpose.keypoints import COCO17
 
 
 def test_coco17_constants_match_the_real_coco_person_category(shared_data):
     dataset = json.loads((shared_data / "coco_sample" / "test_coco.json").read_text())
     person = next(c for c in dataset["categories"] if c["name"] == "person")
-    assert tuple(person["keypoints"]) == keypoints.NAMES
-    assert {tuple(sorted(limb)) for limb in keypoints.SKELETON} == {
+    assert tuple(person["keypoints"]) == COCO17.names
+    assert {tuple(sorted(limb)) for limb in COCO17.skeleton} == {
         tuple(sorted((a - 1, b - 1))) for a, b in person["skeleton"]}
 
 
 def test_flip_pairs_swap_left_and_right_names():
-    for left, right in keypoints.FLIP_PAIRS:
-        assert keypoints.NAMES[left].startswith("left_")
-        assert keypoints.NAMES[right] == keypoints.NAMES[left].replace("left_", "right_")
-    unpaired = set(range(keypoints.NUM_KEYPOINTS)) - {i for pair in keypoints.FLIP_PAIRS for i in pair}
-    assert unpaired == {keypoints.NAMES.index("nose")}
+    for left, right in COCO17.flip_pairs:
+        assert COCO17.names[left].startswith("left_")
+        assert COCO17.names[right] == COCO17.names[left].replace("left_", "right_")
+    unpaired = set(range(COCO17.num_keypoints)) - {i for pair in COCO17.flip_pairs for i in pair}
+    assert unpaired == {COCO17.names.index("nose")}
 
 
 def test_flip_permutation_is_an_involution():
-    perm = keypoints.flip_permutation()
-    np.testing.assert_array_equal(perm[perm], np.arange(keypoints.NUM_KEYPOINTS))
-    assert perm[keypoints.NAMES.index("left_wrist")] == keypoints.NAMES.index("right_wrist")
+    perm = COCO17.flip_permutation()
+    np.testing.assert_array_equal(perm[perm], np.arange(COCO17.num_keypoints))
+    assert perm[COCO17.names.index("left_wrist")] == COCO17.names.index("right_wrist")
 
 
 def test_oks_sigmas_are_pycocotools_values():
     from pycocotools.cocoeval import Params
 
-    np.testing.assert_allclose(keypoints.OKS_SIGMAS, Params(iouType="keypoints").kpt_oks_sigmas)
+    np.testing.assert_allclose(COCO17.sigmas, Params(iouType="keypoints").kpt_oks_sigmas)
 
 
 def test_coco_category_gives_the_coco17_set(shared_data):
@@ -38,9 +39,9 @@ def test_coco_category_gives_the_coco17_set(shared_data):
     person = next(c for c in dataset["categories"] if c["name"] == "person")
     derived = keypoints.KeypointSet.from_category(person)
     assert derived.names == keypoints.COCO17.names
-    assert set(derived.flip_pairs) == set(keypoints.FLIP_PAIRS)  # inferred from left_/right_ names
+    assert set(derived.flip_pairs) == set(COCO17.flip_pairs)  # inferred from left_/right_ names
     assert derived.sigmas == keypoints.COCO17.sigmas
-    assert set(map(frozenset, derived.skeleton)) == set(map(frozenset, keypoints.SKELETON))
+    assert set(map(frozenset, derived.skeleton)) == set(map(frozenset, COCO17.skeleton))
 
 
 def test_other_keypoint_sets_infer_flip_pairs_and_take_config_values():

@@ -46,7 +46,7 @@ def test_eval_without_checkpoint_is_one_clear_line(tmp_path, shared_data):
 
 TINY = ["--config.model.base_width=8", "--config.model.output_stride=8", "--config.crop.height=33",
         "--config.crop.width=25", "--config.loss.radius=4.0", "--config.loss.offset_scale=4.0",
-        "--config.eval.voting_radius=4.0", "--config.data.synthetic.num_train=6",
+        "--config.data.synthetic.num_train=6",
         "--config.data.synthetic.num_val=3", "--config.data.worker_count=0", "--config.train.batch_size=4",
         "--config.train.steps=2", "--config.train.log_every=1", "--config.eval.batch_size=4"]
 
@@ -72,4 +72,26 @@ def test_train_then_eval_from_the_command_line(tmp_path):
                                                      "ARm", "ARl", "step"}
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results and len(results[0]["keypoints"]) == 51
+    # The plain COCO keypoint-results format (pycocotools' loadRes adds area, id and bbox to what it is given).
+    assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} for r in results)
+    assert all(0 <= r["score"] <= 1 for r in results)
     assert (tmp_path / "eval" / "predictions.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_demo_config_given_a_users_files_trains_and_evaluates_on_exactly_those(tmp_path, shared_data):
+    """`configs/demo.py` with a user's own COCO files: training and evaluation read those files (the results name
+    their image ids), and the built-in synthetic people are never generated."""
+    sample = shared_data / "coco_sample"
+    paths = [f"--config.data.{split}.{kind}={sample / name}" for split in ("train", "val")
+             for kind, name in (("annotations", "test_coco.json"), ("images", "images"))]
+    tiny = [flag for flag in TINY if "synthetic" not in flag]
+    result = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", *paths, *tiny, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {r["image_id"] for r in results} <= {785, 40083, 196141, 197388} and len(results) >= 4
+    assert not (tmp_path / "demo_data").exists()
+    one_split = run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'half'}", *paths[:2], *tiny)
+    assert one_split.returncode == 1 and "Traceback" not in one_split.stderr
+    assert one_split.stderr.strip().splitlines()[-1].startswith(
+        "hvpose: error: config.data.val.annotations and config.data.val.images must name")

@@ -13,9 +13,10 @@ import pytest
 from hvpose.data.augment import Augmentation
 from hvpose.data.coco import load_detections
 from hvpose.data.crops import apply_transform
-from hvpose.data.pipeline import TrainCrop, TrainPersons, eval_loader, global_batch, gt_boxes, train_loader
+from hvpose.data.pipeline import TrainCrop, TrainPersons, eval_loader, gt_boxes, train_loader
 from hvpose.data.tfds_coco import prepare
-from hvpose.keypoints import flip_permutation
+from hvpose.keypoints import COCO17
+from hvpose.sharding import global_batch
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_every_labelled_person_yields_a_crop_and_keypoints_round_trip(coco, augm
         back = apply_transform(batch["crop_to_image"][0].astype(np.float64), keypoints[:, :2])
         if np.linalg.det(batch["crop_to_image"][0, :, :2]) < 0:  # flipped: index k holds the mirror joint
             flips += 1
-            back, keypoints = back[flip_permutation()], keypoints[flip_permutation()]
+            back, keypoints = back[COCO17.flip_permutation()], keypoints[COCO17.flip_permutation()]
         labelled = person.keypoints[:, 2] > 0
         np.testing.assert_array_equal(keypoints[:, 2], person.keypoints[:, 2])
         np.testing.assert_allclose(back[labelled], person.keypoints[labelled, :2], atol=0.5)
@@ -56,9 +57,9 @@ def test_flip_swaps_left_and_right_joints(coco):
     """A flipped crop is the mirror image, and the person's left wrist is then labelled as the right one."""
     element = TrainPersons(coco)[0]
     fixed = dict(enlarge=(1.25, 1.25))
-    plain = TrainCrop(Augmentation(flip=False, **fixed), flip_permutation()).random_map(
+    plain = TrainCrop(Augmentation(flip=False, **fixed), COCO17.flip_permutation()).random_map(
         element, np.random.default_rng(0))
-    crop = TrainCrop(Augmentation(flip=True, **fixed), flip_permutation())
+    crop = TrainCrop(Augmentation(flip=True, **fixed), COCO17.flip_permutation())
     flipped = next(out for seed in range(64)
                    if np.linalg.det((out := crop.random_map(element, np.random.default_rng(seed)))
                                     ["crop_to_image"][:, :2]) < 0)
@@ -150,7 +151,8 @@ def test_global_batch_on_eight_devices(shared_data, tmp_path):
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         import jax, numpy as np
         from hvpose.data.tfds_coco import prepare
-        from hvpose.data.pipeline import train_loader, global_batch
+        from hvpose.data.pipeline import train_loader
+        from hvpose.sharding import global_batch
         sample = "{shared_data / 'coco_sample'}"
         prepared = prepare(sample + "/test_coco.json", sample + "/images", "{tmp_path / 'cache'}")
         mesh = jax.make_mesh((8,), ("data",))

@@ -192,7 +192,8 @@ def coral(shared_data, posenet):
     folder = shared_data / CORAL
     image = np.asarray(Image.open(folder / "test_couple.jpg").convert("RGB").resize((481, 353), Image.NEAREST))
     reference = _Coral(folder, posenet[0].layers)
-    grid_model = MobileNetPoseNet(layers=posenet[0].layers, num_keypoints=17, num_edges=16, map_stride=16)
+    grid_model = MobileNetPoseNet(layers=posenet[0].layers, num_keypoints=17, num_edges=16, map_stride=16,
+                                  preprocess="none")
     # The interpreter's uint8 input q stands for (q - 128) / 128; hvpose is given exactly those values.
     inputs = jnp.asarray((image[None].astype(np.float32) - 128) / 128)
     ours = jax.tree.map(lambda a: np.asarray(a)[0], grid_model.apply({"params": reference.params}, inputs))
@@ -243,7 +244,6 @@ def test_released_weights_find_the_couple_where_coral_does(posenet, shared_data)
     image = np.asarray(Image.open(folder / "test_couple.jpg").convert("RGB").resize((481, 353), Image.NEAREST))
     model, variables = posenet
     grid_model = model.clone(map_stride=16)
-    out = jax.tree.map(lambda a: np.asarray(a)[0],
-                       grid_model.apply(variables, jnp.asarray(image[None] / 127.5 - 1, jnp.float32)))
+    out = jax.tree.map(lambda a: np.asarray(a)[0], grid_model.apply(variables, image[None]))  # uint8, as loaded
     errors = _decode_by_person(out, folder)
     assert len(errors) >= 26 and errors.max() <= 8.0 and np.median(errors) <= 4.0, np.round(errors, 1)

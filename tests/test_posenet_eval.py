@@ -24,7 +24,7 @@ def evaluate_posenet(tmp_path, shared_data, *overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["hough", "argmax_offset"])
 def test_posenet_on_real_coco_with_ground_truth_boxes(tmp_path, shared_data, decoder):
-    metrics = evaluate_posenet(tmp_path, shared_data, f"--config.eval.decoder={decoder}")
+    metrics = evaluate_posenet(tmp_path, shared_data, f"--config.inference.decoder={decoder}")
     assert metrics["AP"] >= 0.35, metrics
     assert (tmp_path / "eval" / "predictions.png").stat().st_size > 1000
 

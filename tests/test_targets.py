@@ -1,6 +1,8 @@
 """Targets and loss against direct per-pixel formulas written with Python loops and numpy float64."""
 
 import jax
+import jax.numpy as jnp
+import optax
 import numpy as np
 import pytest
 
@@ -68,8 +70,8 @@ def test_loss_matches_direct_formula(rng, delta, scale, stride):
     shape = (2, len(range(0, H, stride)), len(range(0, W, stride)), 5)
     logits = rng.normal(0, 3, shape).astype(np.float32)
     offsets = rng.normal(0, 2, (*shape, 2)).astype(np.float32)
-    got = jax.jit(keypoint_loss, static_argnames=("radius", "huber_delta", "offset_scale", "pixel_stride"))(
-        logits, offsets, keypoints, radius=R, huber_delta=delta, offset_scale=scale, pixel_stride=stride)
+    got = jax.jit(keypoint_loss, static_argnames=("radius", "huber_delta", "offset_scale", "map_stride"))(
+        logits, offsets, keypoints, radius=R, huber_delta=delta, offset_scale=scale, map_stride=stride)
     want = reference_loss(logits, offsets, keypoints, delta, R if scale is None else scale, stride=stride)
     np.testing.assert_allclose([got["loss"], got["heatmap_loss"], got["offset_loss"]], want, rtol=1e-5)
 
@@ -108,3 +110,21 @@ def test_total_loss_adds_weighted_aux_head(rng):
     np.testing.assert_allclose(both["loss"], only_main["loss"] + 0.5 * aux_alone, rtol=1e-6)
     np.testing.assert_allclose(both["aux_loss"], aux_alone, rtol=1e-6)
     assert "aux_loss" not in only_main
+
+
+def test_unlabelled_keypoints_are_negatives_or_left_out(rng):
+    """"negative": every heatmap counts, unlabelled ones towards 0; "ignore": only labelled keypoints' heatmaps."""
+    size, radius = (17, 13), 3.0
+    logits = jnp.asarray(rng.normal(0, 2, (2, *size, 3)), jnp.float32)
+    offsets = jnp.zeros((2, *size, 3, 2))
+    keypoints = jnp.array([[[4.0, 5.0, 2], [0.0, 0.0, 0], [8.0, 9.0, 1]],
+                           [[6.0, 6.0, 2], [3.0, 12.0, 2], [0.0, 0.0, 0]]])
+    targets = np.asarray(make_targets(keypoints, size, radius)["heatmaps"])
+    bce = np.asarray(optax.sigmoid_binary_cross_entropy(logits, targets))
+    labelled = np.asarray(keypoints[:, :, 2] > 0)
+    negative = keypoint_loss(logits, offsets, keypoints, radius, unlabelled="negative")["heatmap_loss"]
+    ignore = keypoint_loss(logits, offsets, keypoints, radius, unlabelled="ignore")["heatmap_loss"]
+    np.testing.assert_allclose(negative, bce.mean(), rtol=1e-6)
+    np.testing.assert_allclose(ignore, bce.transpose(0, 3, 1, 2)[labelled].mean(), rtol=1e-6)
+    with pytest.raises(ValueError, match="unlabelled"):
+        keypoint_loss(logits, offsets, keypoints, radius, unlabelled="skip")

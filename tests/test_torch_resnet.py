@@ -127,14 +127,10 @@ def test_bad_torch_checkpoints_give_one_line(tmp_path, rng):
 
 
 def test_config_backbone_initialises_training_from_a_torchvision_checkpoint(tmp_path, rng):
-    import sys
-
-    from conftest import REPO
-    from hvpose import experiment
+    from hvpose.configs import coco
+    from hvpose.errors import ConfigError
+    from hvpose.models.keypoint_net import KeypointNet
     from hvpose.train import init_state, make_optimizer
-
-    sys.path.insert(0, str(REPO))
-    from configs import coco
 
     state = torchvision_state_dict(18, rng)
     path = str(tmp_path / "resnet18.safetensors")
@@ -142,12 +138,13 @@ def test_config_backbone_initialises_training_from_a_torchvision_checkpoint(tmp_
     config = coco.get_config()
     config.model.depth, config.model.output_stride, config.model.aux_head = 18, 16, False
     config.model.stride_on, config.model.conv_bias, config.model.preprocess = "3x3", False, "torchvision"
-    model = experiment.build_model(config, 17)
-    fresh = init_state(model, make_optimizer(config), (33, 33), 0, backbone=path)
+    model = KeypointNet(num_keypoints=17, **config.model)
+    fresh = init_state(model, make_optimizer(config.train), (33, 33), 0, backbone=path)
     np.testing.assert_array_equal(fresh.params["backbone"]["block3_unit2"]["conv1"]["kernel"],
                                   state["layer3.1.conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(fresh.batch_stats["backbone"]["stem_bn"]["var"], state["bn1.running_var"])
     assert fresh.params["head"]["kernel"].shape == (1, 1, 256 * 2, 51)  # the head stays randomly initialised
     config.model.stride_on = "1x1"
-    with pytest.raises(WeightFileError, match="need config.model.stride_on='3x3'"):
-        init_state(experiment.build_model(config, 17), make_optimizer(config), (33, 33), 0, backbone=path)
+    with pytest.raises(ConfigError, match="need config.model.stride_on='3x3'"):
+        init_state(KeypointNet(num_keypoints=17, **config.model), make_optimizer(config.train), (33, 33), 0,
+                   backbone=path)

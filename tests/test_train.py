@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from hvpose import experiment
-from hvpose.train import NonFiniteLossError, TrainState, init_state, jit_train_step, make_optimizer, train
-
-sys.path.insert(0, str(REPO))
+from hvpose import sharding
+from hvpose.configs import demo
+from hvpose.errors import ConfigError
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.train import (NonFiniteLossError, TrainState, init_state, jit_train_step, learning_rate_schedule,
+                          make_optimizer, train)
 
 
 def tiny_config(workdir_steps=6):
-    from configs import demo
-
     config = demo.get_config()
     config.model.base_width = 8
     config.model.output_stride = 8
     config.crop.height, config.crop.width = 33, 25
-    config.loss.radius = config.loss.offset_scale = config.eval.voting_radius = 4.0
+    config.loss.radius = config.loss.offset_scale = 4.0
     config.data.synthetic.num_train, config.data.synthetic.num_val = 8, 4
     config.data.worker_count = 0
     config.train.batch_size = 8
@@ -37,6 +37,12 @@ def tiny_config(workdir_steps=6):
     return config
 
 
+def tiny_model_and_optimizer(config):
+    """The network, optimizer and (schedule, loss settings) of a config, built as `train.train` builds them."""
+    model = KeypointNet(num_keypoints=17, map_stride=config.loss.map_stride, **config.model)
+    return model, make_optimizer(config.train), (learning_rate_schedule(config.train), config.loss.to_dict())
+
+
 def random_batch(rng, batch=8, size=(33, 25), k=17):
     keypoints = np.concatenate([rng.uniform(0, [size[1], size[0]], (batch, k, 2)),
                                 rng.integers(0, 3, (batch, k, 1))], -1).astype(np.float32)
@@ -45,12 +51,11 @@ def random_batch(rng, batch=8, size=(33, 25), k=17):
 
 def test_step_is_jitted_once_updates_and_skips_non_finite_losses(rng):
     config = tiny_config()
-    model = experiment.build_model(config, 17)
-    optimizer = make_optimizer(config)
-    mesh = experiment.make_mesh()
+    model, optimizer, step_args = tiny_model_and_optimizer(config)
+    mesh = sharding.make_mesh()
     with jax.set_mesh(mesh):
-        state = jax.device_put(init_state(model, optimizer, (33, 25), 0), experiment.replicated(mesh))
-        step = jit_train_step(config, model, optimizer, mesh, state)
+        state = jax.device_put(init_state(model, optimizer, (33, 25), 0), sharding.replicated(mesh))
+        step = jit_train_step(model, optimizer, *step_args, mesh, state)
         losses = []
         for _ in range(4):
             state, metrics = step(state, random_batch(rng))
@@ -77,24 +82,23 @@ def test_sharded_step_on_8_devices_equals_single_device():
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
         import jax, numpy as np
-        from test_train import tiny_config, random_batch
-        from hvpose import experiment
-        from hvpose.train import init_state, jit_train_step, make_optimizer
+        from test_train import tiny_config, tiny_model_and_optimizer, random_batch
+        from hvpose import sharding
+        from hvpose.train import init_state, jit_train_step
         assert jax.device_count() == 8
         config = tiny_config()
-        model = experiment.build_model(config, 17)
-        optimizer = make_optimizer(config)
+        model, optimizer, step_args = tiny_model_and_optimizer(config)
         losses = {{}}
         for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
             mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                                  devices=devices)
             rng = np.random.default_rng(0)
             with jax.set_mesh(mesh):
-                state = jax.device_put(init_state(model, optimizer, (33, 25), 0), experiment.replicated(mesh))
-                step = jit_train_step(config, model, optimizer, mesh, state)
+                state = jax.device_put(init_state(model, optimizer, (33, 25), 0), sharding.replicated(mesh))
+                step = jit_train_step(model, optimizer, *step_args, mesh, state)
                 losses[name] = []
                 for _ in range(4):
-                    batch = jax.device_put(random_batch(rng), experiment.batch_sharded(mesh))
+                    batch = jax.device_put(random_batch(rng), sharding.batch_sharded(mesh))
                     state, metrics = step(state, batch)
                     losses[name].append(float(metrics["loss"]))
             assert len(batch["image"].sharding.device_set) == len(devices)
@@ -135,8 +139,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 def test_state_is_a_pytree_of_arrays():
     config = tiny_config()
-    model = experiment.build_model(config, 17)
-    state = jax.eval_shape(lambda: init_state(model, make_optimizer(config), (33, 25), 0))
+    model, optimizer, _ = tiny_model_and_optimizer(config)
+    state = jax.eval_shape(lambda: init_state(model, optimizer, (33, 25), 0))
     assert isinstance(state, TrainState)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
     assert state.step.dtype == jnp.int32
@@ -198,19 +202,17 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
 
 def test_learning_rate_schedules():
-    from hvpose.train import learning_rate_schedule
-
     config = tiny_config()
     config.train.steps, config.train.warmup_steps, config.train.batch_size = 1000, 100, 64
     config.train.learning_rate, config.train.decay_boundaries = 1e-3, (0.5, 0.9)
-    step = learning_rate_schedule(config)
+    step = learning_rate_schedule(config.train)
     assert float(step(0)) == pytest.approx(1e-6, rel=1e-4) and float(step(100)) == pytest.approx(1e-3)
     assert float(step(499)) == pytest.approx(1e-3) and float(step(500)) == pytest.approx(1e-4)
     assert float(step(950)) == pytest.approx(1e-5)
     config.train.schedule = "cosine"
-    cosine = learning_rate_schedule(config)
+    cosine = learning_rate_schedule(config.train)
     assert float(cosine(100)) == pytest.approx(1e-3)
     assert float(cosine(550)) == pytest.approx(0.5e-3, rel=1e-4) and float(cosine(1000)) == pytest.approx(0, abs=1e-9)
     config.train.schedule = "linear"
-    with pytest.raises(experiment.ConfigError, match="config.train.schedule"):
-        learning_rate_schedule(config)
+    with pytest.raises(ConfigError, match="config.train.schedule"):
+        learning_rate_schedule(config.train)

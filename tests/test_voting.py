@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hvpose.ops import voting
-from hvpose.ops.voting import decode, decode_argmax_offset, hough_vote, hough_vote_numpy
+from hvpose.ops.voting import decode, decode_argmax_offset, decode_hough, hough_vote, hough_vote_numpy
 from hvpose.targets import make_targets
 
 
@@ -98,12 +98,12 @@ def test_shape_errors_are_clear():
         hough_vote(np.zeros((4, 4, 2)), np.zeros((4, 4, 2, 2)), 1.0)
 
 
-def test_compiles_once_per_shape_not_per_radius_or_input_kind(rng):
-    heatmaps, offsets = random_inputs(rng, (1, 8, 6, 2), 2.0)
-    before = voting._hough_vote._cache_size()
+def test_compiles_once_per_shape_not_per_radius(rng):
+    heatmaps, offsets = (jnp.asarray(a) for a in random_inputs(rng, (1, 8, 6, 2), 2.0))
+    before = voting.hough_vote._cache_size()
     first = hough_vote(heatmaps, offsets, 2.0)
-    hough_vote(jnp.asarray(heatmaps), jnp.asarray(offsets), 3.0)
-    assert voting._hough_vote._cache_size() == before + 1
+    hough_vote(heatmaps, offsets, 3.0)
+    assert voting.hough_vote._cache_size() == before + 1
     np.testing.assert_allclose(hough_vote(heatmaps, offsets, 2.0), first)
     jax.block_until_ready(first)
 
@@ -118,3 +118,17 @@ def test_non_finite_offsets_drop_their_votes(rng):
     clean_heatmaps[0, 2, 3, 1] = clean_heatmaps[0, 4, 1, 0] = 0.0
     clean_offsets = np.nan_to_num(offsets, nan=0.0, posinf=0.0)
     np.testing.assert_allclose(got, hough_vote_numpy(clean_heatmaps, clean_offsets, 2.0), rtol=1e-5, atol=1e-7)
+
+
+def test_decode_hough_locates_at_the_vote_peak_and_scores_with_the_heatmap_probability(rng):
+    """The keypoint sits at the argmax of the vote map; its score is h_k there (in [0, 1]), not the vote peak."""
+    heatmaps = rng.uniform(0, 1, (2, 9, 7, 3)).astype(np.float32)
+    offsets = rng.normal(0, 2, (2, 9, 7, 3, 2)).astype(np.float32)
+    got = np.asarray(decode_hough(heatmaps, offsets, 4.0))
+    peaks = np.asarray(decode(hough_vote(heatmaps, offsets, 4.0)))
+    np.testing.assert_array_equal(got[..., :2], peaks[..., :2])
+    for b in range(2):
+        for k in range(3):
+            x, y = int(got[b, k, 0]), int(got[b, k, 1])
+            assert got[b, k, 2] == heatmaps[b, y, x, k]
+    assert not np.allclose(got[..., 2], peaks[..., 2])  # the vote peak is another number

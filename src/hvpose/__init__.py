@@ -3,11 +3,15 @@
 
 def __getattr__(name: str):
     # `hvpose.Predictor` without importing JAX and the models on `import hvpose`.
-    if name in ("Predictor", "Person"):
+    if name == "Predictor":
         from hvpose import predict
 
-        return getattr(predict, name)
+        return predict.Predictor
+    if name == "PredictedPerson":
+        from hvpose import inference
+
+        return inference.PredictedPerson
     raise AttributeError(f"module 'hvpose' has no attribute {name!r}")
 
 
-__all__ = ["Person", "Predictor"]
+__all__ = ["PredictedPerson", "Predictor"]

@@ -8,17 +8,20 @@ written beside the checkpoints as `config.json`, so a checkpoint can be loaded w
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 from etils import epath
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
 
+from hvpose import sharding
 from hvpose.keypoints import KeypointSet
 
 CONFIG_FILE = "config.json"
@@ -57,7 +60,7 @@ class Checkpointer:
         step = self._manager.latest_step()
         if step is None:
             return None
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        replicated = sharding.replicated(mesh)
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
         items = {"state": ocp.args.StandardRestore(target)}
         if data_iterator is not None:
@@ -81,26 +84,65 @@ class Checkpointer:
         self._manager.close()
 
 
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an older hvpose, in today's layout: the one place that knows the old names.
+
+    - `model.compute_dtype` became `model.dtype` (the network's own attribute name);
+    - `data.augment.enlarge_min`/`enlarge_max` became the range `data.augment.enlarge`;
+    - the evaluation settings of the inference pipeline moved from `eval` to `inference`, and
+      `eval.voting_radius` is gone (voting uses `loss.radius`, the same R);
+    - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder) get the value that
+      older versions used implicitly.
+    """
+    config = copy.deepcopy(saved)
+    model, loss, train, evaluation = config["model"], config["loss"], config["train"], config["eval"]
+    if "compute_dtype" in model:
+        model["dtype"] = model.pop("compute_dtype")
+    model.setdefault("bn_epsilon", 1.001e-5)
+    loss.setdefault("unlabelled", "negative")
+    train.setdefault("schedule", "step")
+    augment = config["data"]["augment"]
+    if "enlarge_min" in augment:
+        augment["enlarge"] = [augment.pop("enlarge_min"), augment.pop("enlarge_max")]
+    if "inference" not in config:
+        config["inference"] = {"flip_test": evaluation.pop("flip_test"),
+                               "decoder": evaluation.pop("decoder", "hough"),
+                               "keypoint_threshold": evaluation.pop("keypoint_threshold"),
+                               "use_box_score": evaluation.pop("use_box_score"),
+                               "oks_nms_threshold": evaluation.pop("oks_nms_threshold")}
+        evaluation.pop("voting_radius", None)
+    return config
+
+
 def read_config(checkpoint_dir: str) -> tuple[ml_collections.ConfigDict, KeypointSet]:
-    """The config and keypoint set saved beside checkpoints by training."""
+    """The config (in today's layout, `upgrade_config`) and keypoint set saved beside checkpoints by training."""
     payload = json.loads((epath.Path(checkpoint_dir) / CONFIG_FILE).read_text())
     keypoint_set = payload["keypoint_set"]
     keypoint_set = KeypointSet(
         names=tuple(keypoint_set["names"]), skeleton=tuple(map(tuple, keypoint_set["skeleton"])),
         flip_pairs=tuple(map(tuple, keypoint_set["flip_pairs"])), sigmas=tuple(keypoint_set["sigmas"]))
-    return ml_collections.ConfigDict(payload["config"]), keypoint_set
+    return ml_collections.ConfigDict(upgrade_config(payload["config"])), keypoint_set
 
 
-def restore_variables(checkpoint_dir: str, abstract_state: Any, step: int | None = None) -> tuple[Any, int]:
-    """The train state of a checkpoint (newest by default) on the local devices, without the data iterator."""
+def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[int, int], step: int | None = None,
+                            mesh: jax.sharding.Mesh | None = None) -> tuple[dict[str, Any], int]:
+    """The model variables (`params`, `batch_stats`) of a checkpoint (newest by default), replicated on `mesh`.
+
+    Only those two parts of the saved train state are read: their shapes come from `jax.eval_shape` of the
+    model's initialisation, so no optimizer is built and its state is never loaded.
+    """
     manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data"),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint")
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    manager.close()
-    return restored["state"], step
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint")
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *crop_size, 3), jnp.uint8)))
+        replicated = sharding.replicated(mesh or sharding.make_mesh())
+        target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=replicated), target)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
+    finally:
+        manager.close()
+    return dict(restored["state"]), step

@@ -1,5 +1,4 @@
-"""Evaluation: crops from boxes, batched jitted inference (optionally with the flip test), Hough voting,
-mapping back to the image, instance rescoring, OKS-NMS and COCOeval.
+"""Evaluation over a dataset: boxes from a box source, the inference pipeline (`hvpose.inference`), COCOeval.
 
 Writes WORKDIR/eval/metrics.json (AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl, step),
 WORKDIR/eval/results.json (COCO keypoint results) and WORKDIR/eval/predictions.png (a few images, drawn).
@@ -8,107 +7,60 @@ WORKDIR/eval/results.json (COCO keypoint results) and WORKDIR/eval/predictions.p
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-from etils import epath
 import numpy as np
+from etils import epath
 
-from hvpose import experiment, visualize
-from hvpose.data.coco import DataError, Detection, load_detections
+from hvpose import checkpoints, visualize
+from hvpose.data.coco import Detection, load_detections
+from hvpose.data.crops import check_crop_size
 from hvpose.data.images import decode_image
-from hvpose.data.pipeline import eval_loader, global_batch, gt_boxes
+from hvpose.data.pipeline import eval_loader, gt_boxes
+from hvpose.data.splits import prepare_split
 from hvpose.data.tfds_coco import PreparedDataset
+from hvpose.errors import ConfigError, DataError, configured
+from hvpose.inference import BoxSource, InferenceSettings, Pipeline, PredictedPerson, as_boxes
 from hvpose.keypoints import KeypointSet
 from hvpose.metrics import dump
-from hvpose.ops.flip import flip_back
-from hvpose.ops.nms import oks_nms
-from hvpose.ops.voting import argmax_keypoints, decode_argmax_offset_jnp, vote_maps
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.paths import resolve_workdir
 
 log = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
-DECODERS = ("hough", "argmax_offset")
-
-
-def model_for_decoder(model: Any, decoder: str) -> Any:
-    """`model` with maps on its own feature grid when `decoder` is argmax + offset: the argmax of bilinearly
-    upsampled maps falls on a grid cell anyway, with that cell's offset, so upsampling would be wasted work."""
-    return model.clone(map_stride=model.output_stride) if decoder == "argmax_offset" else model
-
-
-def make_inference(model: Any, preprocess_mode: str, flip_permutation: np.ndarray | None,
-                   radius: float, decoder: str = "hough") -> Any:
-    """A pure function (variables, uint8 crops) -> (B, K, 3) keypoints (x, y, score) in crop pixels.
-
-    `model` is a `PoseNet` or a `MobileNetPoseNet` (same outputs); `decoder` is "hough" (the paper's voting)
-    or "argmax_offset" (the heatmap's argmax plus its offset, the no-voting baseline).
-    """
-    if decoder not in DECODERS:
-        raise experiment.ConfigError(f"config.eval.decoder: {decoder!r} is not one of {list(DECODERS)}")
-    # Maps on a coarser grid than the crop (map_stride > 1) suit argmax + offset only: voting needs every pixel.
-    stride = getattr(model, "map_stride", 1)
-    if stride != 1 and decoder == "hough":
-        raise experiment.ConfigError(f"Hough voting needs full-resolution maps; the model has map_stride {stride}")
-    permutation = None if flip_permutation is None else jnp.asarray(flip_permutation)
-
-    def infer(variables: Any, images: jax.Array) -> jax.Array:
-        crops = experiment.preprocess(images, preprocess_mode)
-        outputs = model.apply(variables, crops, train=False)
-        heatmaps, offsets = jax.nn.sigmoid(outputs["heatmap_logits"]), outputs["offsets"]
-        if permutation is not None:
-            flipped = model.apply(variables, crops[:, :, ::-1], train=False)
-            heatmaps_f, offsets_f = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"],
-                                              permutation)
-            heatmaps, offsets = (heatmaps + heatmaps_f) / 2, (offsets + offsets_f) / 2
-        if decoder == "argmax_offset":
-            return decode_argmax_offset_jnp(heatmaps, offsets, stride)
-        return argmax_keypoints(vote_maps(heatmaps, offsets, jnp.float32(radius)))
-
-    return infer
-
-
-def to_image(keypoints: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
-    """(B, K, 3) crop keypoints -> image keypoints through each crop's (2, 3) matrix; scores kept."""
-    points = np.einsum("bij,bkj->bki", crop_to_image[:, :, :2].astype(np.float64), keypoints[..., :2]) \
-        + crop_to_image[:, None, :, 2]
-    return np.concatenate([points, keypoints[..., 2:]], axis=-1)
-
-
-def instance_score(keypoint_scores: np.ndarray, box_score: float, threshold: float, use_box_score: bool) -> float:
-    """Mean of the keypoint scores above `threshold` (0 if none), times the box score when enabled."""
-    confident = keypoint_scores[keypoint_scores > threshold]
-    score = float(confident.mean()) if confident.size else 0.0
-    return score * box_score if use_box_score else score
-
-
-def to_coco_results(people: Sequence[dict[str, Any]], category_id: int) -> list[dict[str, Any]]:
-    return [{"image_id": int(p["image_id"]), "category_id": category_id,
-             "keypoints": [round(float(v), 3) for v in np.column_stack([p["keypoints"][:, :2],
-                                                                        np.ones(len(p["keypoints"]))]).reshape(-1)],
-             "score": float(p["score"])} for p in people]
+def to_coco_results(people: Sequence[PredictedPerson], category_id: int) -> list[dict[str, Any]]:
+    """COCO keypoint results: {image_id, category_id, keypoints [x, y, 1] * K, score} per person."""
+    return [{"image_id": int(p.image_id), "category_id": category_id,
+             "keypoints": [round(float(v), 3) for v in np.column_stack([p.keypoints[:, :2],
+                                                                        np.ones(len(p.keypoints))]).reshape(-1)],
+             "score": float(p.score)} for p in people]
 
 
 def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], sigmas: Sequence[float],
                   image_ids: Sequence[int] | None = None, verbose: bool = True) -> dict[str, float]:
-    """pycocotools COCOeval keypoint AP/AR of `results` against a COCO-format dict, with the set's sigmas."""
+    """pycocotools COCOeval keypoint AP/AR of `results` against a COCO-format dict, with the set's sigmas.
+
+    `results` is left as it is (pycocotools' `loadRes` adds `area`, `id` and `bbox` to what it is given, so it
+    gets a copy).
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if not results:
         return dict.fromkeys(STAT_NAMES, 0.0)
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with quiet:
+    with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = ground_truth
         gt.createIndex()
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(copy.deepcopy(results))
         evaluator = COCOeval(gt, dt, "keypoints")
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, np.float64)
         if image_ids is not None:
@@ -123,98 +75,67 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], s
     return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
 
 
-def eval_boxes(config: ml_collections.ConfigDict, prepared: PreparedDataset) -> list[Detection]:
-    boxes = config.data.val.boxes
-    if boxes == "gt":
-        selected = gt_boxes(prepared)
-    elif boxes == "detector":
-        raise experiment.ConfigError("config.data.val.boxes: 'detector' needs the stage-1 detector, not built yet")
-    else:
-        selected = load_detections(boxes, prepared.dataset, min_score=config.data.val.min_box_score)
-    if config.eval.max_boxes:
-        selected = selected[:config.eval.max_boxes]
-    if not selected:
-        raise DataError(f"{boxes}: no boxes to evaluate")
-    return selected
+def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score: float = 0.0) -> list[Detection]:
+    """The boxes to evaluate: "gt" (ground-truth persons with keypoints, score 1), a COCO detection-results json,
+    or a box source called on every image of the split (a detector: image -> (N, 5) boxes)."""
+    if callable(source):
+        detections = []
+        for record, image_id in enumerate(prepared.image_ids):
+            for box in as_boxes(source(decode_image(prepared.source[record]["image"]))):
+                if box[4] >= min_score:
+                    detections.append(Detection(image_id, tuple(map(float, box[:4])), float(box[4])))
+        return detections
+    if source == "gt":
+        return gt_boxes(prepared)
+    return load_detections(source, prepared.dataset, min_score=min_score)
 
 
-def predict_split(config: ml_collections.ConfigDict, model: Any, variables: Any, prepared: PreparedDataset,
-                  boxes: Sequence[Detection]) -> list[dict[str, Any]]:
-    """People (image_id, keypoints (K, 3) in image pixels with scores, box, score) for every box, before NMS."""
-    keypoint_set = prepared.dataset.keypoint_set
-    crop = experiment.crop_size(config)
-    mesh = experiment.make_mesh()
-    infer = make_inference(model, config.model.preprocess,
-                           keypoint_set.flip_permutation() if config.eval.flip_test else None,
-                           config.eval.voting_radius, config.eval.decoder)
-    if config.eval.batch_size % jax.device_count():
-        raise experiment.ConfigError(f"config.eval.batch_size {config.eval.batch_size} is not divisible by the "
-                                     f"{jax.device_count()} devices")
-    with jax.set_mesh(mesh):
-        replicated = experiment.replicated(mesh)
-        variables = jax.device_put(variables, replicated)
-        # Crops stay on their devices; keypoints and the small per-box fields are gathered to every host.
-        step = jax.jit(lambda v, b: {**{k: x for k, x in b.items() if k != "image"},
-                                     "keypoints": infer(v, b["image"])},
-                       in_shardings=(replicated, experiment.batch_sharded(mesh)), out_shardings=replicated)
-        loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
-                                worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
-        people = []
-        for batch in loader:
-            out = jax.device_get(step(variables, global_batch(batch, mesh)))
-            image_keypoints = to_image(np.asarray(out["keypoints"], np.float64), out["crop_to_image"])
-            for i in np.nonzero(out["valid"])[0]:
-                people.append({"image_id": int(out["image_id"][i]), "keypoints": image_keypoints[i],
-                               "box": out["bbox"][i].astype(np.float64), "box_score": float(out["score"][i])})
-    for person in people:
-        person["score"] = instance_score(person["keypoints"][:, 2], person["box_score"],
-                                         config.eval.keypoint_threshold, config.eval.use_box_score)
-    return people
-
-
-def suppress(people: list[dict[str, Any]], sigmas: Sequence[float], threshold: float) -> list[dict[str, Any]]:
-    """OKS-NMS within each image (box area as the object scale)."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for person in people:
-        by_image.setdefault(person["image_id"], []).append(person)
-    kept = []
-    for group in by_image.values():
-        keypoints = np.stack([p["keypoints"] for p in group])
-        areas = np.array([max(p["box"][2] * p["box"][3], 1.0) for p in group])
-        keep = oks_nms(keypoints, np.array([p["score"] for p in group]), areas, np.asarray(sigmas), threshold)
-        kept.extend(group[i] for i in keep)
-    return kept
-
-
-def draw_predictions(prepared: PreparedDataset, people: list[dict[str, Any]], keypoint_set: KeypointSet,
+def draw_predictions(prepared: PreparedDataset, people: list[PredictedPerson], keypoint_set: KeypointSet,
                      count: int, threshold: float) -> np.ndarray | None:
-    image_ids = list(dict.fromkeys(p["image_id"] for p in people))[:count]
+    """The first `count` images with predictions, drawn (keypoints scoring above `threshold`), in a grid."""
+    image_ids = list(dict.fromkeys(p.image_id for p in people))[:count]
     if not image_ids:
         return None
     records = prepared.record_index()
     pictures = []
     for image_id in image_ids:
         image = decode_image(prepared.source[records[image_id]]["image"])
-        shown = [p for p in people if p["image_id"] == image_id]
-        pictures.append(visualize.draw_people(image, [p["keypoints"] for p in shown], [p["box"] for p in shown],
-                                              keypoint_set, threshold, [f"{p['score']:.2f}" for p in shown]))
+        shown = [p for p in people if p.image_id == image_id]
+        pictures.append(visualize.draw_people(image, [p.keypoints for p in shown], [p.box for p in shown],
+                                              keypoint_set, threshold, [f"{p.score:.2f}" for p in shown]))
     return visualize.grid(pictures)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, step: int,
-             prepared: PreparedDataset | None = None, model: Any = None) -> dict[str, float]:
+             prepared: PreparedDataset | None = None, model: Any = None, radius: float | None = None,
+             box_source: str | BoxSource | None = None) -> dict[str, float]:
     """Runs the whole evaluation and writes WORKDIR/eval/{metrics.json, results.json, predictions.png}.
 
-    `model` defaults to the config's network (`experiment.build_model`); imported networks (PoseNet) pass theirs.
+    `model` defaults to the config's network (`KeypointNet(**config.model)`); imported networks (PoseNet) pass
+    theirs, and their `radius`. `box_source` defaults to `config.data.val.boxes`; a callable (image -> boxes) is
+    the slot for a person detector.
     """
-    workdir = experiment.resolve_workdir(workdir)
-    prepared = prepared or experiment.prepare_split(config, "val", workdir)
+    workdir = resolve_workdir(workdir)
+    prepared = prepared or prepare_split(config.data, "val", workdir, config.seed)
     keypoint_set = prepared.dataset.keypoint_set
     if model is None:
-        model = experiment.build_model(config, keypoint_set.num_keypoints)  # full-resolution maps for voting
-    boxes = eval_boxes(config, prepared)
-    people = predict_split(config, model, variables, prepared, boxes)
-    people = suppress(people, keypoint_set.sigmas, config.eval.oks_nms_threshold)
+        model = configured(KeypointNet, config.model, "model", num_keypoints=keypoint_set.num_keypoints)
+    crop = configured(check_crop_size, config.crop, "crop", output_stride=model.output_stride)
+    settings = configured(InferenceSettings, config.inference, "inference")
+    source = config.data.val.boxes if box_source is None else box_source
+    boxes = dataset_boxes(source, prepared, config.data.val.min_box_score)
+    if config.eval.max_boxes:
+        boxes = boxes[:config.eval.max_boxes]
+    if not boxes:
+        raise DataError(f"{source if isinstance(source, str) else 'the box source'}: no boxes to evaluate")
+    if config.eval.batch_size % jax.device_count():
+        raise ConfigError(f"config.eval.batch_size {config.eval.batch_size} is not divisible by the "
+                          f"{jax.device_count()} devices")
+    pipeline = Pipeline(model, variables, keypoint_set, crop, config.loss.radius if radius is None else radius,
+                        settings, batch_size=config.eval.batch_size)
+    loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
+                            worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+    people = pipeline.run(loader)
     results = to_coco_results(people, prepared.dataset.category_id)
     image_ids = sorted({b.image_id for b in boxes}) if config.eval.max_boxes else None
     stats = coco_evaluate(prepared.dataset.raw, results, keypoint_set.sigmas, image_ids)
@@ -238,28 +159,15 @@ def evaluate_posenet(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     from hvpose.pretrained.posenet import load_posenet_tfjs
 
     model, variables = load_posenet_tfjs(config.init.posenet_tfjs)
-    model = model_for_decoder(model, config.eval.decoder)
     if model.output_stride != config.model.output_stride:
-        raise experiment.ConfigError(f"config.model.output_stride is {config.model.output_stride} but "
-                                     f"{config.init.posenet_tfjs} has output stride {model.output_stride}")
-    workdir = experiment.resolve_workdir(workdir)
-    prepared = experiment.prepare_split(config, "val", workdir)
+        raise ConfigError(f"config.model.output_stride is {config.model.output_stride} but "
+                          f"{config.init.posenet_tfjs} has output stride {model.output_stride}")
+    workdir = resolve_workdir(workdir)
+    prepared = prepare_split(config.data, "val", workdir, config.seed)
     if prepared.dataset.keypoint_set.num_keypoints != model.num_keypoints:
-        raise experiment.ConfigError(f"{config.init.posenet_tfjs} predicts {model.num_keypoints} keypoints, the "
-                                     f"dataset has {prepared.dataset.keypoint_set.num_keypoints}")
+        raise ConfigError(f"{config.init.posenet_tfjs} predicts {model.num_keypoints} keypoints, the dataset has "
+                          f"{prepared.dataset.keypoint_set.num_keypoints}")
     return evaluate(config, workdir, variables, 0, prepared, model=model)
-
-
-def restore_checkpoint_variables(config: ml_collections.ConfigDict, model: Any, directory: str,
-                                 step: int | None = None) -> tuple[dict[str, Any], int]:
-    """The model variables (`params`, `batch_stats`) of a checkpoint in `directory` (newest by default)."""
-    from hvpose import checkpoints
-    from hvpose.train import init_state, make_optimizer
-
-    optimizer = make_optimizer(config)
-    abstract = jax.eval_shape(lambda: init_state(model, optimizer, experiment.crop_size(config), config.seed))
-    state, step = checkpoints.restore_variables(directory, abstract, step)
-    return {"params": state.params, "batch_stats": state.batch_stats}, step
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -267,13 +175,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     `config.init.posenet_tfjs` is set)."""
     if config.init.posenet_tfjs:
         return evaluate_posenet(config, workdir)
-    workdir = experiment.resolve_workdir(workdir)
-    prepared = experiment.prepare_split(config, "val", workdir)
-    model = experiment.build_model(config, prepared.dataset.keypoint_set.num_keypoints)
+    workdir = resolve_workdir(workdir)
+    prepared = prepare_split(config.data, "val", workdir, config.seed)
+    model = configured(KeypointNet, config.model, "model", num_keypoints=prepared.dataset.keypoint_set.num_keypoints)
+    crop = configured(check_crop_size, config.crop, "crop", output_stride=model.output_stride)
     directory = os.path.join(workdir, "checkpoints")
     try:
-        variables, step = restore_checkpoint_variables(config, model, directory)
+        variables, step = checkpoints.restore_model_variables(directory, model, crop)
     except FileNotFoundError:
         raise DataError(f"{directory}: no checkpoint to evaluate (train first, or use --mode=train_and_eval)") \
             from None
-    return evaluate(config, workdir, variables, step, prepared)
+    return evaluate(config, workdir, variables, step, prepared, model=model)
+
+
+__all__ = ["STAT_NAMES", "coco_evaluate", "dataset_boxes", "evaluate", "evaluate_checkpoint", "evaluate_posenet",
+           "to_coco_results"]

@@ -1,7 +1,7 @@
 """Keypoint conventions: COCO-17 (names, left/right flip pairs, skeleton, OKS sigmas) and other keypoint sets.
 
-COCO-17 is the default; a dataset with another set (hands, whole body) carries its own names and skeleton in its
-person category, and the config adds flip pairs and OKS sigmas (`KeypointSet.from_category`).
+COCO-17 (`COCO17`) is the default; a dataset with another set (hands, whole body) carries its own names and
+skeleton in its person category, and the config adds flip pairs and OKS sigmas (`KeypointSet.from_category`).
 """
 
 from __future__ import annotations
@@ -12,56 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-NAMES: tuple[str, ...] = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-NUM_KEYPOINTS: int = len(NAMES)
-
-# 0-based (left, right) index pairs swapped by a horizontal flip.
-FLIP_PAIRS: tuple[tuple[int, int], ...] = (
-    (1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16),
-)
-
-# 0-based limbs, as in the COCO person category's `skeleton` (which is 1-based there).
-SKELETON: tuple[tuple[int, int], ...] = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
-)
-
-# Per-keypoint standard deviations used by COCO's Object Keypoint Similarity (pycocotools' values).
-OKS_SIGMAS: np.ndarray = np.array(
-    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89],
-    dtype=np.float64,
-) / 10.0
-
 # Visibility flags of the COCO format.
 UNLABELLED, OCCLUDED, VISIBLE = 0, 1, 2
-
-
-def flip_permutation(num_keypoints: int = NUM_KEYPOINTS,
-                     flip_pairs: tuple[tuple[int, int], ...] = FLIP_PAIRS) -> np.ndarray:
-    """Index array `p` such that `flipped[..., k] = original[..., p[k]]` after a horizontal flip."""
-    perm = np.arange(num_keypoints)
-    for left, right in flip_pairs:
-        perm[left], perm[right] = right, left
-    return perm
-
 
 # Per-keypoint OKS sigma used for keypoint sets that do not give their own (COCO's median sigma is ~0.072;
 # 0.05 is stricter than all COCO body joints but the face and is the usual choice for hand/whole-body sets).
@@ -102,7 +54,10 @@ class KeypointSet:
 
     def flip_permutation(self) -> np.ndarray:
         """Index array `p` with `flipped[..., k] = original[..., p[k]]` after a horizontal flip."""
-        return flip_permutation(self.num_keypoints, self.flip_pairs)
+        permutation = np.arange(self.num_keypoints)
+        for left, right in self.flip_pairs:
+            permutation[left], permutation[right] = right, left
+        return permutation
 
     @classmethod
     def from_category(cls, category: dict, flip_pairs: Sequence[Sequence[int]] | None = None,
@@ -118,7 +73,7 @@ class KeypointSet:
         if flip_pairs is None:
             flip_pairs = infer_flip_pairs(names)
         if sigmas is None:
-            sigmas = tuple(OKS_SIGMAS) if names == NAMES else (DEFAULT_SIGMA,) * len(names)
+            sigmas = COCO17.sigmas if names == COCO17.names else (DEFAULT_SIGMA,) * len(names)
         return cls(names, skeleton, tuple((int(a), int(b)) for a, b in flip_pairs), tuple(float(s) for s in sigmas))
 
 
@@ -142,4 +97,17 @@ def infer_flip_pairs(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-COCO17 = KeypointSet(NAMES, SKELETON, FLIP_PAIRS, tuple(float(s) for s in OKS_SIGMAS))
+COCO17 = KeypointSet(
+    names=("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+           "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee",
+           "left_ankle", "right_ankle"),
+    # 0-based limbs, as in the COCO person category's `skeleton` (which is 1-based there).
+    skeleton=((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
+              (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6)),
+    # 0-based (left, right) index pairs swapped by a horizontal flip.
+    flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
+    # Per-keypoint standard deviations of COCO's Object Keypoint Similarity (pycocotools' values).
+    sigmas=tuple(s / 10 for s in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07,
+                                  0.87, 0.87, 0.89, 0.89)),
+)
+"""COCO's 17 person keypoints: the one definition of their names, limbs, flip pairs and OKS sigmas."""

@@ -24,12 +24,8 @@ flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
-# Environment variables that mean "this is one of several processes" for jax.distributed's auto-detection.
-_MULTI_PROCESS_HINTS = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                        "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-
-
 def _multi_process() -> bool:
+    """Whether the environment says this is one of several processes (jax.distributed's auto-detection)."""
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if "," in hosts:
         return True
@@ -67,9 +63,7 @@ def main(argv: list[str]) -> None:
     if _multi_process():
         jax.distributed.initialize()
     from hvpose import evaluate, train
-    from hvpose.data.coco import DataError
-    from hvpose.experiment import ConfigError
-    from hvpose.pretrained.keras_resnet import WeightFileError
+    from hvpose.errors import USER_ERRORS
 
     config, workdir = FLAGS.config, FLAGS.workdir
     try:
@@ -81,7 +75,7 @@ def main(argv: list[str]) -> None:
                 def evaluate_fn(variables, step):  # noqa: E306
                     return evaluate.evaluate(config, workdir, variables, step)
             train.train(config, workdir, evaluate_fn)
-    except (DataError, ConfigError, WeightFileError, train.NonFiniteLossError) as error:
+    except USER_ERRORS as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -2,93 +2,71 @@
 
     predictor = Predictor.from_checkpoint("gs://bucket/grmi-coco")       # a training workdir (or its checkpoints/)
     predictor = Predictor.from_posenet_tfjs("posenet/model-stride16.json")
-    people = predictor(image, boxes=[(x, y, w, h), ...])                   # or boxes=None: the whole image
+    people = predictor(image, boxes=[(x, y, w, h), ...])                   # or boxes=None: see `__call__`
     picture = predictor.draw(image, people)
 
     python -m hvpose.predict --weights=WORKDIR_OR_MODEL_JSON --image=PHOTO.jpg --out=PEOPLE.png [--boxes=BOXES.json]
 
-Each box is cropped exactly as in evaluation (extended to the crop's aspect ratio, enlarged 1.25x), the crops go
-through the network in fixed-size batches (padded, so the jitted function compiles once per batch size), then
-the flip test, Hough voting and decoding, mapping back to the image, instance scoring and OKS-NMS.
+The Predictor is a thin front of `hvpose.inference.Pipeline`, the same code evaluation runs: on the same image
+file and boxes both give the same people, keypoints and scores.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hvpose import evaluate, visualize
-from hvpose.data.crops import CropGeometry, crop_transform, extend_box, invert_transform, warp
+from hvpose import visualize
 from hvpose.data.images import decode_image, read_image_file
+from hvpose.inference import BoxSource, InferenceSettings, Pipeline, PredictedPerson, as_boxes
 from hvpose.keypoints import COCO17, KeypointSet
-from hvpose.ops.nms import oks_nms
 
-
-@dataclasses.dataclass(frozen=True)
-class Person:
-    """One predicted person in image pixels."""
-
-    box: tuple[float, float, float, float]  # the input box (x, y, width, height)
-    score: float  # instance score (keypoint scores, times the box score when enabled)
-    keypoints: np.ndarray  # (K, 3): x, y, score
+# Google's PoseNet was trained with disks of radius 32 px (PersonLab) on 353x257-style inputs.
+POSENET_RADIUS = 32.0
 
 
 class Predictor:
     """A keypoint network with its pre- and post-processing, applied to whole images.
 
     Args:
-      model, variables: a `PoseNet` or `MobileNetPoseNet` and its variables (`{"params": ..., "batch_stats": ...}`).
+      model, variables: a `KeypointNet` or `MobileNetPoseNet` and its variables (`{"params": ..., ...}`).
       keypoint_set: names, skeleton, flip pairs and OKS sigmas of the model's keypoints.
       crop_size: (height, width) of the crops the model takes (s*n+1 for output stride s).
-      preprocess: "caffe", "unit" or "torchvision" (see `hvpose.experiment.preprocess`).
-      flip_test: average with the mirrored crop.
-      voting_radius: R of the 1/(pi R^2) vote normalisation (crop pixels).
-      decoder: "hough" or "argmax_offset".
-      keypoint_threshold, use_box_score: instance scoring (`hvpose.evaluate.instance_score`).
-      oks_nms_threshold: OKS above which a lower-scoring duplicate is dropped.
-      batch_size: crops per network call; fewer boxes are padded up to it.
-      enlarge: box enlargement before cropping (evaluation uses 1.25).
+      radius: the disk radius R the model was trained with (crop pixels).
+      settings: flip test, decoder, instance scoring, OKS-NMS (`hvpose.inference.InferenceSettings`).
+      batch_size: crops per network call; fewer boxes are padded up to it (rounded up to the device count).
       draw_threshold: keypoints scoring above are drawn by `draw`.
+      box_source: finds the people when `__call__` gets no boxes: a callable image (H, W, 3) uint8 -> (N, 5)
+        boxes (a person detector). Without one, the whole image is one box.
     """
 
     def __init__(self, model: Any, variables: Any, keypoint_set: KeypointSet = COCO17,
-                 crop_size: tuple[int, int] = (353, 257), preprocess: str = "caffe", flip_test: bool = True,
-                 voting_radius: float = 25.0, decoder: str = "hough", keypoint_threshold: float = 0.2,
-                 use_box_score: bool = True, oks_nms_threshold: float = 0.9, batch_size: int = 8,
-                 enlarge: float = 1.25, draw_threshold: float = 0.05):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        stride = model.output_stride
-        if (crop_size[0] - 1) % stride or (crop_size[1] - 1) % stride:
-            raise ValueError(f"crop_size {tuple(crop_size)} must be of the form {stride}n+1 for the model's output "
-                             "stride (feature cells on crop pixels; exact flip test)")
-        self.model, self.keypoint_set = model, keypoint_set
-        self.crop_size = tuple(int(n) for n in crop_size)
-        self.keypoint_threshold, self.use_box_score = keypoint_threshold, use_box_score
-        self.oks_nms_threshold, self.batch_size, self.enlarge = oks_nms_threshold, batch_size, enlarge
-        self.draw_threshold, self.decoder = draw_threshold, decoder
-        self.variables = jax.device_put(variables)
-        infer = evaluate.make_inference(model, preprocess, keypoint_set.flip_permutation() if flip_test else None,
-                                        voting_radius, decoder)
-        self._infer = jax.jit(infer)
+                 crop_size: tuple[int, int] = (353, 257), radius: float = 25.0,
+                 settings: InferenceSettings = InferenceSettings(), batch_size: int = 8, draw_threshold: float = 0.3,
+                 box_source: BoxSource | None = None):
+        import jax
+
+        devices = jax.device_count()
+        batch_size = -(-max(int(batch_size), 1) // devices) * devices
+        self.pipeline = Pipeline(model, variables, keypoint_set, crop_size, radius, settings, batch_size)
+        self.keypoint_set, self.draw_threshold, self.box_source = keypoint_set, draw_threshold, box_source
 
     @classmethod
     def from_checkpoint(cls, path: str, step: int | None = None, **options: Any) -> "Predictor":
         """A trained hvpose model: `path` is a training workdir or its `checkpoints/` folder (local or gs://).
 
-        Reads the config and keypoint set saved beside the checkpoints; `options` override the config's
-        evaluation settings (see the class arguments).
+        Reads the config and keypoint set saved beside the checkpoints (`config.inference` becomes the settings);
+        `options` override the class arguments.
         """
         from etils import epath
 
-        from hvpose import checkpoints, experiment
+        from hvpose import checkpoints
+        from hvpose.data.crops import check_crop_size
+        from hvpose.models.keypoint_net import KeypointNet
 
         directory = epath.Path(path)
         if not (directory / checkpoints.CONFIG_FILE).exists() and (directory / "checkpoints").exists():
@@ -96,78 +74,64 @@ class Predictor:
         if not (directory / checkpoints.CONFIG_FILE).exists():
             raise FileNotFoundError(f"{path}: no hvpose checkpoint folder ({checkpoints.CONFIG_FILE} not found)")
         config, keypoint_set = checkpoints.read_config(os.fspath(directory))
-        model = experiment.build_model(config, keypoint_set.num_keypoints)
-        variables, _ = evaluate.restore_checkpoint_variables(config, model, os.fspath(directory), step)
-        settings = dict(keypoint_set=keypoint_set, crop_size=experiment.crop_size(config),
-                        preprocess=config.model.preprocess, flip_test=config.eval.flip_test,
-                        voting_radius=config.eval.voting_radius, decoder=config.eval.get("decoder", "hough"),
-                        keypoint_threshold=config.eval.keypoint_threshold, use_box_score=config.eval.use_box_score,
-                        oks_nms_threshold=config.eval.oks_nms_threshold, draw_threshold=config.eval.draw_threshold)
+        model = KeypointNet(num_keypoints=keypoint_set.num_keypoints, **config.model)
+        crop = check_crop_size(**config.crop, output_stride=model.output_stride)
+        variables, _ = checkpoints.restore_model_variables(os.fspath(directory), model, crop, step)
+        settings = dict(keypoint_set=keypoint_set, crop_size=crop, radius=config.loss.radius,
+                        settings=InferenceSettings(**config.inference), draw_threshold=config.eval.draw_threshold)
         return cls(model, variables, **{**settings, **options})
 
     @classmethod
     def from_posenet_tfjs(cls, model_json: str, **options: Any) -> "Predictor":
         """Google's PoseNet weights (a TF.js graph model's model.json).
 
-        Decodes with argmax + offset by default, which PoseNet's offsets were trained for and which measured
-        better than Hough voting with these weights and the flip test (keypoint AP 0.45 against 0.40 on the 12
-        people of the real COCO sample with ground-truth boxes, 0.41 against 0.39 with detector boxes; see the
-        README); its keypoint scores are then heatmap probabilities.
+        Decodes with argmax + offset by default, which PoseNet's offsets were trained for (the README compares it
+        with Hough voting on real data); scores all keypoints into the instance score.
         """
         from hvpose.pretrained.posenet import load_posenet_tfjs
 
-        settings = dict(crop_size=(353, 257), preprocess="unit", voting_radius=32.0, keypoint_threshold=0.0,
-                        decoder="argmax_offset", draw_threshold=0.3)
+        settings = dict(crop_size=(353, 257), radius=POSENET_RADIUS,
+                        settings=InferenceSettings(decoder="argmax_offset", keypoint_threshold=0.0))
         settings.update(options)
         model, variables = load_posenet_tfjs(model_json)
-        return cls(evaluate.model_for_decoder(model, settings["decoder"]), variables, **settings)
+        return cls(model, variables, **settings)
 
     def __call__(self, image: np.ndarray | str | os.PathLike[str],
-                 boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> list[Person]:
-        """People in `image` (RGB uint8 (H, W, 3), or a file path), best first.
+                 boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> list[PredictedPerson]:
+        """People in `image` (RGB uint8 (H, W, 3), or an image file), best first.
 
-        `boxes`: (N, 4) person boxes (x, y, width, height), or (N, 5) with a detection score last; None uses the
-        whole image (there is no person detector yet).
+        `boxes`: (N, 4) person boxes (x, y, width, height), or (N, 5) with a detection score in [0, 1] last.
+        None asks the predictor's `box_source` (a person detector); without one the whole image is one box, which
+        suits a photo of one person only.
+
+        An image file is decoded at the reduced size each crop needs, exactly as evaluation reads its images; an
+        array is cropped at full resolution.
         """
-        image = load_image(image)
-        height, width = image.shape[:2]
+        encoded = read_image_file(image) if isinstance(image, (str, os.PathLike)) else None
+        pixels = None if encoded is not None else load_image(image)
         if boxes is None:
-            boxes = np.array([[0.0, 0.0, width, height, 1.0]])
-        boxes = np.asarray(boxes, np.float64).reshape(len(boxes), -1) if len(boxes) else np.zeros((0, 5))
-        if boxes.shape[1] == 4:
-            boxes = np.concatenate([boxes, np.ones((len(boxes), 1))], axis=1)
-        if boxes.shape[1] != 5:
-            raise ValueError(f"boxes must be (N, 4) or (N, 5), got shape {boxes.shape}")
-        if not len(boxes):
-            return []
-        crops, crop_to_image = [], []
-        for box in boxes:
-            center, size = extend_box(box[:4], self.crop_size, self.enlarge)
-            matrix = crop_transform(CropGeometry(center=center, size=size), self.crop_size)
-            crops.append(warp(image, matrix, self.crop_size))
-            crop_to_image.append(invert_transform(matrix))
-        crops = np.stack(crops)
-        keypoints = []
-        for start in range(0, len(crops), self.batch_size):
-            chunk = crops[start:start + self.batch_size]
-            padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.uint8)
-            padded[:len(chunk)] = chunk
-            keypoints.append(np.asarray(self._infer(self.variables, jnp.asarray(padded)))[:len(chunk)])
-        keypoints = evaluate.to_image(np.concatenate(keypoints).astype(np.float64), np.stack(crop_to_image))
-        scores = np.array([evaluate.instance_score(k[:, 2], float(b[4]), self.keypoint_threshold,
-                                                   self.use_box_score) for k, b in zip(keypoints, boxes)])
-        areas = np.maximum(boxes[:, 2] * boxes[:, 3], 1.0)
-        keep = oks_nms(keypoints, scores, areas, np.asarray(self.keypoint_set.sigmas), self.oks_nms_threshold)
-        return [Person(box=tuple(float(v) for v in boxes[i, :4]), score=float(scores[i]), keypoints=keypoints[i])
-                for i in keep]
+            if self.box_source is not None:
+                boxes = self.box_source(decode_image(encoded) if pixels is None else pixels)
+            else:
+                height, width = pixels.shape[:2] if pixels is not None else _image_size(encoded)
+                boxes = [[0.0, 0.0, float(width), float(height), 1.0]]
+        return self.pipeline.predict_image(encoded if encoded is not None else pixels, as_boxes(boxes))
 
-    def draw(self, image: np.ndarray | str | os.PathLike[str], people: Sequence[Person],
+    def draw(self, image: np.ndarray | str | os.PathLike[str], people: Sequence[PredictedPerson],
              threshold: float | None = None) -> np.ndarray:
         """`image` with the people's skeletons and boxes drawn (left limbs warm, right limbs cool), keypoints
-        scoring above `threshold` (default: the predictor's `draw_threshold`)."""
+        scoring above `threshold` (default: the predictor's `draw_threshold`), each person labelled with its
+        instance score."""
         threshold = self.draw_threshold if threshold is None else threshold
         return visualize.draw_people(load_image(image), [p.keypoints for p in people], [p.box for p in people],
                                      self.keypoint_set, threshold, [f"{p.score:.2f}" for p in people])
+
+
+def _image_size(encoded: bytes) -> tuple[int, int]:
+    from hvpose.data.images import image_size
+
+    width, height = image_size(encoded)
+    return height, width
 
 
 def load_image(image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
@@ -196,7 +160,10 @@ def read_boxes(path: str, image_id: int | None = None) -> np.ndarray:
     boxes = [list(map(float, entry)) + [1.0] * (5 - len(entry)) for entry in entries]
     if any(len(box) != 5 for box in boxes):
         raise ValueError(f"{path}: each box must be [x, y, w, h] or [x, y, w, h, score]")
-    return np.asarray(boxes, np.float64).reshape(-1, 5)
+    try:
+        return as_boxes(np.asarray(boxes, np.float64).reshape(-1, 5))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image_id", type=int, help="with COCO detection results: the image's id")
     parser.add_argument("--min_box_score", type=float, default=0.0, help="drop boxes scoring below")
     args = parser.parse_args(argv)
-    from hvpose.pretrained.keras_resnet import WeightFileError
+    from hvpose.errors import USER_ERRORS
 
     try:
         if args.weights.endswith(".json"):
@@ -222,10 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.boxes:
             boxes = read_boxes(args.boxes, args.image_id)
             boxes = boxes[boxes[:, 4] >= args.min_box_score]
-        image = load_image(args.image)
-        people = predictor(image, boxes)
-        visualize.save_png(args.out, predictor.draw(image, people))
-    except (OSError, ValueError, WeightFileError) as error:
+        people = predictor(args.image, boxes)
+        visualize.save_png(args.out, predictor.draw(args.image, people))
+    except (OSError, ValueError, *USER_ERRORS) as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
         return 1
     except (KeyError, TypeError) as error:  # a boxes file of the wrong shape

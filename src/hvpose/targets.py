@@ -6,10 +6,11 @@ frame, so a keypoint at x=12.0 sits on the centre of column 12. This matches the
 
 Choices the paper (Papandreou et al. 2017, Sec. 3.2) leaves open, made here and exposed as arguments:
   * Disk membership is `||x_i - l_k|| <= R` (closed disk), R in crop pixels (25 at 353x257).
-  * Keypoints with visibility 0 give no positives; their heatmap is all-negative and still contributes to L_h,
-    as in the paper ("unlabelled" is not "ignore"). Padding keypoints (visibility 0) therefore cost nothing extra.
-  * L_h is the sigmoid cross-entropy averaged over every pixel, keypoint and crop of the batch (a mean, so it
-    does not grow with crop size or batch).
+  * Keypoints with visibility 0 give no positives. `unlabelled="negative"` trains their heatmap as all-negative
+    (the paper's reading: the annotators left them out because they are not in the image); `"ignore"` leaves
+    them out of L_h entirely. Which trains better is measured (README); the config chooses.
+  * L_h is the sigmoid cross-entropy averaged over every pixel of every counted keypoint heatmap of the batch
+    (a mean, so it does not grow with crop size or batch).
   * Offsets are predicted in crop pixels (what voting consumes and what PoseNet outputs). L_o measures the
     Euclidean error in units of `offset_scale` pixels (default R), so its size does not depend on the crop
     resolution, and applies a Huber function with threshold `huber_delta` pixels, divided by the threshold (the
@@ -24,6 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+UNLABELLED_CHOICES = ("negative", "ignore")
 
 
 def pixel_grid(height: int, width: int, stride: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -75,9 +78,24 @@ def huber(error_norm_squared: jax.Array, delta: float) -> jax.Array:
     return jnp.where(norm <= delta, 0.5 * error_norm_squared / delta, norm - 0.5 * delta)
 
 
+def check_loss_settings(radius: float, heatmap_weight: float = 4.0, offset_weight: float = 1.0,
+                        huber_delta: float = 1.0, offset_scale: float | None = None, map_stride: int = 1,
+                        unlabelled: str = "negative", aux_weight: float = 1.0) -> None:
+    """Raises ValueError for settings `total_loss` cannot use (before anything is traced); takes its keywords."""
+    if radius <= 0 or huber_delta <= 0 or (offset_scale is not None and offset_scale <= 0):
+        raise ValueError("radius, huber_delta and offset_scale must be positive")
+    if min(heatmap_weight, offset_weight, aux_weight) < 0:
+        raise ValueError("loss weights must be >= 0")
+    if map_stride < 1:
+        raise ValueError(f"map_stride must be >= 1, got {map_stride}")
+    if unlabelled not in UNLABELLED_CHOICES:
+        raise ValueError(f"unlabelled must be one of {UNLABELLED_CHOICES}, got {unlabelled!r}")
+
+
 def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.Array, radius: float,
                   heatmap_weight: float = 4.0, offset_weight: float = 1.0, huber_delta: float = 1.0,
-                  offset_scale: float | None = None, pixel_stride: int = 1) -> dict[str, jax.Array]:
+                  offset_scale: float | None = None, map_stride: int = 1,
+                  unlabelled: str = "negative") -> dict[str, jax.Array]:
     """The G-RMI loss L = heatmap_weight * L_h + offset_weight * L_o for one head (see the module docstring).
 
     Args:
@@ -88,19 +106,29 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
       heatmap_weight, offset_weight: lambda_h and lambda_o.
       huber_delta: Huber threshold in crop pixels.
       offset_scale: pixels per unit of offset error in L_o (default: `radius`).
-      pixel_stride: the maps hold every `pixel_stride`-th crop pixel (PoseNet's `map_stride`); 1 = all pixels,
+      map_stride: the maps hold every `map_stride`-th crop pixel (the network's `map_stride`); 1 = all pixels,
         as in the paper. Larger strides estimate the same averages from fewer pixels, for speed.
+      unlabelled: "negative" (heatmaps of keypoints with visibility 0 are trained towards 0) or "ignore" (they
+        are left out of L_h).
 
     Returns:
       float32 scalars `loss`, `heatmap_loss` (L_h) and `offset_loss` (L_o).
     """
     if huber_delta <= 0:
         raise ValueError(f"huber_delta must be positive, got {huber_delta}")
+    if unlabelled not in UNLABELLED_CHOICES:
+        raise ValueError(f"unlabelled must be one of {UNLABELLED_CHOICES}, got {unlabelled!r}")
     size = heatmap_logits.shape[1:3]
     scale = float(radius if offset_scale is None else offset_scale)
-    disk, displacement = _disk_and_displacement(keypoints, size, radius, pixel_stride)
+    disk, displacement = _disk_and_displacement(keypoints, size, radius, map_stride)
     heatmap_logits = heatmap_logits.astype(jnp.float32)
-    heatmap_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(heatmap_logits, disk.astype(jnp.float32)))
+    cross_entropy = optax.sigmoid_binary_cross_entropy(heatmap_logits, disk.astype(jnp.float32))
+    if unlabelled == "negative":
+        heatmap_loss = jnp.mean(cross_entropy)
+    else:  # mean over the heatmaps of labelled keypoints only (every pixel of each)
+        labelled = (keypoints[:, :, 2] > 0)[:, None, None, :]
+        counted = jnp.sum(labelled) * size[0] * size[1]
+        heatmap_loss = jnp.sum(jnp.where(labelled, cross_entropy, 0.0)) / jnp.maximum(counted, 1)
     error = (offsets.astype(jnp.float32) - displacement) / scale
     per_pixel = huber(jnp.sum(error * error, axis=-1), huber_delta / scale)
     offset_loss = jnp.sum(jnp.where(disk, per_pixel, 0.0)) / jnp.maximum(jnp.sum(disk), 1)

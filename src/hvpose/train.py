@@ -26,11 +26,17 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from hvpose import checkpoints, experiment
-from hvpose.data.pipeline import global_batch, train_loader
+from hvpose import checkpoints, sharding
+from hvpose.data.augment import Augmentation
+from hvpose.data.crops import check_crop_size
+from hvpose.data.pipeline import train_loader
+from hvpose.data.splits import prepare_split
+from hvpose.errors import ConfigError, NonFiniteLossError, configured
 from hvpose.metrics import MetricWriter
-from hvpose.models.pose_net import PoseNet
-from hvpose.targets import total_loss
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.paths import resolve_workdir
+from hvpose.pretrained.families import check_backbone_matches
+from hvpose.targets import check_loss_settings, total_loss
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +50,15 @@ class TrainState:
     nonfinite_step: jax.Array  # int32: first step whose loss or gradient was NaN/Inf (-1: none); that update is skipped
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or Inf loss."""
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up to the peak (scaled by batch / 64), then 10x step decays at the configured fractions of
-    steps (`config.train.schedule = "step"`, the paper's kind) or a cosine decay to zero (`"cosine"`)."""
-    t = config.train
+    steps (`config.train.schedule = "step"`, the paper's kind) or a cosine decay to zero (`"cosine"`).
+
+    `t` is `config.train`.
+    """
     peak = t.learning_rate * t.batch_size / 64
     warmup = optax.linear_schedule(peak * 1e-3, peak, max(t.warmup_steps, 1))
-    schedule = t.get("schedule", "step")
+    schedule = t.schedule
     if schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, max(t.steps - t.warmup_steps, 1))
     elif schedule == "step":
@@ -63,7 +67,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
         decay = optax.piecewise_constant_schedule(peak, {k - t.warmup_steps: v for k, v in boundaries.items()
                                                          if k > t.warmup_steps})
     else:
-        raise experiment.ConfigError(f"config.train.schedule: {schedule!r} is not 'step' or 'cosine'")
+        raise ConfigError(f"config.train.schedule: {schedule!r} is not 'step' or 'cosine'")
     return optax.join_schedules([warmup, decay], [t.warmup_steps])
 
 
@@ -72,39 +76,34 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    t = config.train
-    schedule = learning_rate_schedule(config)
+def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of `config.train` (`t`): AdamW or Nesterov momentum SGD with decoupled weight decay on
+    kernels, after global-norm gradient clipping when set."""
+    schedule = learning_rate_schedule(t)
     if t.optimizer == "adamw":
         optimizer = optax.adamw(schedule, weight_decay=t.weight_decay, mask=_decay_mask)
     elif t.optimizer == "momentum":
         optimizer = optax.chain(optax.add_decayed_weights(t.weight_decay, _decay_mask),
                                 optax.sgd(schedule, momentum=0.9, nesterov=True))
     else:
-        raise experiment.ConfigError(f"config.train.optimizer: {t.optimizer!r} is not 'adamw' or 'momentum'")
+        raise ConfigError(f"config.train.optimizer: {t.optimizer!r} is not 'adamw' or 'momentum'")
     if t.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), optimizer)
     return optimizer
 
 
-def init_state(model: PoseNet, optimizer: optax.GradientTransformation, crop_size: tuple[int, int], seed: int,
+def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop_size: tuple[int, int], seed: int,
                backbone: str = "") -> TrainState:
     """Fresh state: random initialisation, with the backbone's ImageNet weights when `backbone` names a Keras
-    Applications h5 or a torchvision/timm `.safetensors` file."""
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.float32))
+    Applications h5 or a torchvision/timm `.safetensors` file (`hvpose.pretrained.families`)."""
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.uint8))
     params, batch_stats = variables["params"], variables["batch_stats"]
     if backbone:
-        from hvpose.pretrained.keras_resnet import WeightFileError, check_matches, read_keras_resnet_weights
-        from hvpose.pretrained.torch_resnet import read_torch_resnet_weights
+        from hvpose.pretrained.keras_resnet import check_matches
 
-        # Keras Applications h5 (stride on the 1x1, conv biases) or torchvision/timm safetensors (on the 3x3).
-        torch_layout = backbone.endswith(".safetensors")
-        needed = ("3x3", False) if torch_layout else ("1x1", True)
-        if (model.stride_on, model.conv_bias) != needed:
-            raise WeightFileError(f"{backbone}: {'torchvision/timm' if torch_layout else 'Keras'} ResNet weights "
-                                  f"need config.model.stride_on={needed[0]!r} and conv_bias={needed[1]}")
-        read = read_torch_resnet_weights if torch_layout else read_keras_resnet_weights
-        loaded = read(backbone, model.depth)
+        family = check_backbone_matches(backbone, {"stride_on": model.stride_on, "conv_bias": model.conv_bias,
+                                                   "preprocess": model.preprocess})
+        loaded = family.read(backbone, model.depth)
         check_matches(loaded, {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, backbone)
         params = {**params, "backbone": jax.tree.map(jnp.asarray, loaded["params"])}
         batch_stats = {**batch_stats, "backbone": jax.tree.map(jnp.asarray, loaded["batch_stats"])}
@@ -112,16 +111,18 @@ def init_state(model: PoseNet, optimizer: optax.GradientTransformation, crop_siz
                       opt_state=optimizer.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: PoseNet,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule, loss_config: dict[str, float],
-               preprocess_mode: str) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a (global) batch of crops and keypoints; pure. A non-finite loss skips the update."""
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: KeypointNet,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule, loss: dict[str, Any]
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on a (global) batch of uint8 crops and keypoints; pure. A non-finite loss skips the update.
+
+    `loss` holds `total_loss`'s settings (`config.loss`).
+    """
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-        outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                       experiment.preprocess(batch["image"], preprocess_mode), train=True,
-                                       mutable=["batch_stats"])
-        terms = total_loss(outputs, batch["keypoints"], **loss_config)
+        outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                       train=True, mutable=["batch_stats"])
+        terms = total_loss(outputs, batch["keypoints"], **loss)
         return terms["loss"], (terms, updates["batch_stats"])
 
     (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -141,22 +142,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: PoseNet
     return new_state, metrics
 
 
-def loss_config(config: ml_collections.ConfigDict) -> dict[str, float]:
-    c = config.loss
-    return {"radius": c.radius, "heatmap_weight": c.heatmap_weight, "offset_weight": c.offset_weight,
-            "huber_delta": c.huber_delta, "offset_scale": c.offset_scale, "aux_weight": c.aux_weight,
-            "pixel_stride": c.map_stride}
-
-
-def jit_train_step(config: ml_collections.ConfigDict, model: PoseNet, optimizer: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh, state: TrainState) -> Callable[..., tuple[TrainState, dict]]:
+def jit_train_step(model: KeypointNet, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                   loss: dict[str, Any], mesh: jax.sharding.Mesh, state: TrainState
+                   ) -> Callable[..., tuple[TrainState, dict]]:
     """The train step jitted with explicit shardings and the state donated."""
-    step = jax.tree_util.Partial(train_step, model=model, optimizer=optimizer,
-                                 schedule=learning_rate_schedule(config), loss_config=loss_config(config),
-                                 preprocess_mode=config.model.preprocess)
-    state_sharding = jax.tree.map(lambda _: experiment.replicated(mesh), state)
-    return jax.jit(step, in_shardings=(state_sharding, experiment.batch_sharded(mesh)),
-                   out_shardings=(state_sharding, experiment.replicated(mesh)), donate_argnums=0)
+    step = jax.tree_util.Partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss=loss)
+    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+    return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
 
 
 class _StopSignal:
@@ -191,26 +184,28 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     `stop_at` ends this run after that step with a checkpoint, as a preemption would (for time-boxed jobs).
     """
     if config.init.posenet_tfjs:
-        raise experiment.ConfigError("config.init.posenet_tfjs: PoseNet weights are for --mode=eval (hvpose does not "
-                                     "train the imported MobileNet)")
+        raise ConfigError("config.init.posenet_tfjs: PoseNet weights are for --mode=eval (hvpose does not train the "
+                          "imported MobileNet)")
     if config.init.backbone:
-        wanted = "torchvision" if config.init.backbone.endswith(".safetensors") else "caffe"
-        if config.model.preprocess != wanted:
-            raise experiment.ConfigError(f"config.model.preprocess must be {wanted!r} for the ImageNet weights in "
-                                         f"{config.init.backbone}")
-    workdir = experiment.resolve_workdir(workdir)
+        check_backbone_matches(config.init.backbone, config.model)
+    workdir = resolve_workdir(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    crop = experiment.crop_size(config)
-    prepared = experiment.prepare_split(config, "train", workdir)
+    # Each part from its own config section, once, in order: data, model, loss, optimizer, devices, checkpoints.
+    crop = configured(check_crop_size, config.crop, "crop", output_stride=config.model.output_stride)
+    prepared = prepare_split(config.data, "train", workdir, config.seed)
     keypoint_set = prepared.dataset.keypoint_set
-    model = experiment.build_model(config, keypoint_set.num_keypoints, map_stride=config.loss.map_stride)
-    optimizer = make_optimizer(config)
-    mesh = experiment.make_mesh()
+    model = configured(KeypointNet, config.model, "model", num_keypoints=keypoint_set.num_keypoints,
+                       map_stride=config.loss.map_stride)
+    loss = config.loss.to_dict()
+    configured(check_loss_settings, loss, "loss")
+    optimizer, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
+    mesh = sharding.make_mesh()
     if config.train.batch_size % jax.device_count():
-        raise experiment.ConfigError(f"config.train.batch_size {config.train.batch_size} is not divisible by the "
-                                     f"{jax.device_count()} devices")
-    loader = train_loader(prepared, config.train.batch_size, seed=config.seed, augment=experiment.augmentation(config),
-                          crop_size=crop, worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+        raise ConfigError(f"config.train.batch_size {config.train.batch_size} is not divisible by the "
+                          f"{jax.device_count()} devices")
+    loader = train_loader(prepared, config.train.batch_size, seed=config.seed,
+                          augment=configured(Augmentation, config.data.augment, "data.augment"), crop_size=crop,
+                          worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
     data_iterator = iter(loader)
 
     with jax.set_mesh(mesh):
@@ -221,17 +216,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         state = manager.restore_latest(abstract, mesh, data_iterator)
         if state is None:
             state = jax.device_put(init_state(model, optimizer, crop, config.seed, config.init.backbone),
-                                   experiment.replicated(mesh))
+                                   sharding.replicated(mesh))
         else:
             log.warning("hvpose: resumed from step %d in %s", int(state.step), manager.directory)
-        step_fn = jit_train_step(config, model, optimizer, mesh, state)
+        step_fn = jit_train_step(model, optimizer, schedule, loss, mesh, state)
         writer = MetricWriter(workdir, total_steps=config.train.steps)
         step = int(state.step)
         window_start, window_crops = time.perf_counter(), 0
         try:
             with _StopSignal() as stop:
                 while step < config.train.steps:
-                    batch = global_batch(next(data_iterator), mesh)
+                    batch = sharding.global_batch(next(data_iterator), mesh)
                     state, metrics = step_fn(state, batch)
                     step += 1
                     window_crops += config.train.batch_size

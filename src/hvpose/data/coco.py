@@ -16,11 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hvpose.errors import DataError
 from hvpose.keypoints import KeypointSet
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line naming the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +29,7 @@ class ImageInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class Person:
+class PersonAnnotation:
     """One person annotation; `keypoints` is (K, 3) float32 (x, y, visibility) in image pixels."""
 
     id: int
@@ -58,7 +55,7 @@ class KeypointDataset:
 
     path: str
     images: list[ImageInfo]
-    persons: dict[int, list[Person]]
+    persons: dict[int, list[PersonAnnotation]]
     keypoint_set: KeypointSet
     category_id: int
     warnings: list[str]
@@ -148,7 +145,7 @@ def load_coco_keypoints(path: str | os.PathLike[str], flip_pairs: Sequence[Seque
         seen.add(info.id)
         images.append(info)
 
-    persons: dict[int, list[Person]] = {image.id: [] for image in images}
+    persons: dict[int, list[PersonAnnotation]] = {image.id: [] for image in images}
     zero_area = 0
     for ann in raw["annotations"]:
         if not isinstance(ann, dict):
@@ -178,7 +175,7 @@ def load_coco_keypoints(path: str | os.PathLike[str], flip_pairs: Sequence[Seque
         if not isinstance(area, (int, float)) or not area > 0:
             zero_area += 1
             area = 0.0
-        persons[ann["image_id"]].append(Person(
+        persons[ann["image_id"]].append(PersonAnnotation(
             id=int(ann_id) if isinstance(ann_id, int) else -1, image_id=int(ann["image_id"]),
             bbox=tuple(float(v) for v in box), keypoints=keypoints, iscrowd=bool(ann.get("iscrowd", 0)),
             area=float(area)))
@@ -221,8 +218,8 @@ def load_detections(path: str | os.PathLike[str], dataset: KeypointDataset, min_
         box, score = det.get("bbox"), det.get("score", 1.0)
         if not _finite_box(box) or box[2] < 0 or box[3] < 0:
             raise _fail(path, f"entry {i} has bbox {box!r}; expected [x, y, width >= 0, height >= 0]")
-        if not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise _fail(path, f"entry {i} has score {score!r}")
+        if not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+            raise _fail(path, f"entry {i} has score {score!r}; expected a probability in [0, 1]")
         if score >= min_score:
             detections.append(Detection(int(det["image_id"]), tuple(float(v) for v in box), float(score)))
     return detections

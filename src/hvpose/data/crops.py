@@ -4,19 +4,39 @@ Pixel convention everywhere (images, crops, keypoints): pixel centres sit at int
 column j) is the point (x=j, y=i), as in OpenCV's warpAffine and `hvpose.targets`.
 
 A box (x, y, w, h) is extended in width or height to the crop's aspect ratio H:W, enlarged about its centre by a
-factor (training: uniform 1.0-1.5; evaluation: 1.25), optionally rotated and flipped, and mapped so that its
-centre lands on the crop centre ((W-1)/2, (H-1)/2) with W crop pixels across the extended box width. One 2x3
+factor (training: uniform 1.0-1.5; test time: `TEST_ENLARGE`), optionally rotated and flipped, and mapped so that
+its centre lands on the crop centre ((W-1)/2, (H-1)/2) with W crop pixels across the extended box width. One 2x3
 matrix maps image points to crop points; its inverse maps crop predictions back to the image.
+
+This module is the one place that decides crop geometry: the test-time enlargement, the crop-size rule and how a
+box becomes a crop (`crop_box`, used by evaluation and the Predictor alike).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import cv2
 import numpy as np
 
+from hvpose.data.images import reduction_for_scale
+
 CROP_SIZE: tuple[int, int] = (353, 257)  # (height, width) of the paper's crops
+TEST_ENLARGE: float = 1.25  # the paper's test-time box enlargement
+
+
+def check_crop_size(height: int, width: int, output_stride: int) -> tuple[int, int]:
+    """(height, width) if both are of the form s*n+1 for output stride s, else ValueError.
+
+    With such sizes feature cell (i, j) sits on crop pixel (s*i, s*j), upsampling uses aligned corners, and the
+    flip test is exact (the grid mirrors onto itself).
+    """
+    height, width = int(height), int(width)
+    if height < 1 or width < 1 or (height - 1) % output_stride or (width - 1) % output_stride:
+        raise ValueError(f"crop size {height}x{width} must be of the form {output_stride}n+1 for output stride "
+                         f"{output_stride} (feature cells on crop pixels; exact flip test)")
+    return height, width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +112,30 @@ def scale_for_reduction(matrix: np.ndarray, reduction: int) -> np.ndarray:
     linear = matrix[:, :2]
     shift = np.full(2, (reduction - 1) / 2)
     return np.concatenate([linear * reduction, (linear @ shift + matrix[:, 2])[:, None]], axis=1)
+
+
+def render_crop(decode: Callable[[int], np.ndarray], geometry: CropGeometry,
+                crop_size: tuple[int, int] = CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The crop of `geometry`, read from the smallest decode of the image that still has the crop's resolution.
+
+    `decode(reduction)` returns the image decoded at 1/`reduction` of its size (1, 2, 4 or 8; see
+    `hvpose.data.images.decode_image`): JPEG reduces in the DCT, which is fast and anti-aliases large boxes.
+    Returns the uint8 crop and the float64 image -> crop matrix (full-resolution image coordinates).
+    """
+    matrix = crop_transform(geometry, crop_size)
+    reduction = reduction_for_scale(crop_size[1] / geometry.size[0])
+    return warp(decode(reduction), scale_for_reduction(matrix, reduction), crop_size), matrix
+
+
+def crop_box(decode: Callable[[int], np.ndarray], box: tuple[float, float, float, float],
+             crop_size: tuple[int, int] = CROP_SIZE, enlarge: float = TEST_ENLARGE) -> tuple[np.ndarray, np.ndarray]:
+    """The test-time crop of `box` (x, y, w, h): extended to the crop's aspect ratio, enlarged about its centre.
+
+    Returns the uint8 crop and the float32 crop -> image matrix. Evaluation and the Predictor both crop here.
+    """
+    center, size = extend_box(box, crop_size, enlarge)
+    crop, matrix = render_crop(decode, CropGeometry(center, size), crop_size)
+    return crop, invert_transform(matrix).astype(np.float32)
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, int] = CROP_SIZE,

@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass
-class Person:
+class SyntheticPerson:
     joints: np.ndarray  # (17, 2) float image coordinates, COCO-17 order
     frontal: bool  # seen from the front (face visible) or from the back
     unit: float  # body unit in pixels (about a head height)
@@ -43,7 +43,7 @@ class Person:
 @dataclasses.dataclass
 class Scene:
     background: np.ndarray  # (H, W, 3) uint8 RGB
-    persons: list[Person]  # far to near (drawing order)
+    persons: list[SyntheticPerson]  # far to near (drawing order)
     occluders: list[tuple[np.ndarray, tuple[int, int, int]]]  # convex polygons (N, 2) drawn in front, and colours
 
 
@@ -53,7 +53,7 @@ def _rotate(vector: np.ndarray, degrees: float) -> np.ndarray:
     return np.array([c * vector[0] - s * vector[1], s * vector[0] + c * vector[1]])
 
 
-def sample_person(rng: np.random.Generator, width: int, height: int) -> Person:
+def sample_person(rng: np.random.Generator, width: int, height: int) -> SyntheticPerson:
     """A random articulated person; limb angles are drawn per side from the same outward-angle distribution."""
     stature = np.exp(rng.uniform(np.log(0.22), np.log(0.9))) * height  # log-uniform: as many small as large
     u = stature / 7.5
@@ -95,7 +95,7 @@ def sample_person(rng: np.random.Generator, width: int, height: int) -> Person:
         "skin": tuple(int(c) for c in np.array([224, 172, 140]) * rng.uniform(0.45, 1.1)),
         "hair": tuple(int(c) for c in np.array([60, 40, 25]) * rng.uniform(0.2, 2.5)),
     }
-    return Person(joints=joints, frontal=frontal, unit=u, colors=colors)
+    return SyntheticPerson(joints=joints, frontal=frontal, unit=u, colors=colors)
 
 
 def sample_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -133,7 +133,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 def mirror_scene(scene: Scene) -> Scene:
     """The horizontally flipped scene with left/right labels swapped (another valid scene)."""
     width = scene.background.shape[1]
-    perm = kp.flip_permutation()
+    perm = kp.COCO17.flip_permutation()
     flip = lambda points: np.stack([width - 1 - points[..., 0], points[..., 1]], axis=-1)  # noqa: E731
     persons = [dataclasses.replace(p, joints=flip(p.joints)[perm]) for p in scene.persons]
     occluders = [(flip(corners), color) for corners, color in scene.occluders]
@@ -148,7 +148,8 @@ def _pt(point: np.ndarray) -> tuple[int, int]:
     return int(round(point[0] * (1 << _SHIFT))), int(round(point[1] * (1 << _SHIFT)))
 
 
-def _draw_person(canvas: np.ndarray, person: Person, color_of: dict[str, tuple[int, ...]] | None = None) -> None:
+def _draw_person(canvas: np.ndarray, person: SyntheticPerson,
+                 color_of: dict[str, tuple[int, ...]] | None = None) -> None:
     """Draws a person (with `color_of` overriding every colour, for masks)."""
     colors = person.colors if color_of is None else color_of
     j, u = person.joints, person.unit
@@ -242,8 +243,8 @@ def render(scene: Scene) -> tuple[np.ndarray, list[dict]]:
 
 
 def person_category() -> dict:
-    return {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(kp.NAMES),
-            "skeleton": [[a + 1, b + 1] for a, b in kp.SKELETON]}
+    return {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(kp.COCO17.names),
+            "skeleton": [[a + 1, b + 1] for a, b in kp.COCO17.skeleton]}
 
 
 def write_split(root: pathlib.Path, split: str, count: int, seed: int, first_image_id: int) -> pathlib.Path:

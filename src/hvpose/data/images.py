@@ -1,6 +1,6 @@
 """Image decoding with size limits and DCT-domain reduction (OpenCV; Pillow only reads headers).
 
-OpenCV's JPEG decoder is the fastest on PyPI here (see `benchmarks/input_pipeline.py`), and it can decode at
+OpenCV decodes JPEGs (`benchmarks/input_pipeline.py` compares it with the other decoders on PyPI), and it can decode at
 1/2, 1/4 or 1/8 resolution inside the inverse DCT, which costs a fraction of a full decode and averages pixels
 (anti-aliasing) when a large person box is shrunk to a 353x257 crop.
 """
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from hvpose.data.coco import DataError
+from hvpose.errors import ImageError
 
 # Decompression-bomb bound: images whose header claims more pixels are refused before decoding.
 DEFAULT_MAX_PIXELS: int = 64_000_000
@@ -23,9 +23,6 @@ _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMR
 
 cv2.setNumThreads(1)  # pipeline workers are processes; OpenCV's own threads would oversubscribe the cores
 
-
-class ImageError(DataError):
-    """An image that cannot be used: unreadable, corrupt, or larger than the pixel limit."""
 
 
 def image_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -67,11 +64,24 @@ def decode_image(data: bytes, reduction: int = 1, max_pixels: int = DEFAULT_MAX_
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def reduce_image(image: np.ndarray, reduction: int) -> np.ndarray:
+    """An RGB array at 1/`reduction` size with `decode_image`'s pixel convention: reduced pixel i is the mean of
+    full pixels [r*i, r*i + r) (the border replicated to fill the last block), centred at r*i + (r - 1) / 2."""
+    if reduction not in _REDUCED_FLAGS:
+        raise ValueError(f"reduction must be 1, 2, 4 or 8, got {reduction}")
+    if reduction == 1:
+        return image
+    height, width = image.shape[:2]
+    padded = cv2.copyMakeBorder(image, 0, -height % reduction, 0, -width % reduction, cv2.BORDER_REPLICATE)
+    return cv2.resize(padded, (padded.shape[1] // reduction, padded.shape[0] // reduction),
+                      interpolation=cv2.INTER_AREA)
+
+
 def read_image_file(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS,
                     verify: bool = False) -> bytes:
     """The encoded bytes of an image file, checked to be a readable image within the pixel limit.
 
-    `verify` also decodes it at 1/8 size (about a millisecond for a COCO JPEG) to catch corrupt data.
+    `verify` also decodes it at 1/8 size (a fraction of a full decode) to catch corrupt data.
     """
     try:
         with open(path, "rb") as f:

@@ -10,27 +10,24 @@ continues with exactly the batches an uninterrupted run would have seen.
 Evaluation: one element per box (ground-truth persons or detections), in order, padded with `valid=False`
 elements to a whole number of global batches so every process runs the same number of steps.
 
-`global_batch` turns each process's numpy batch into `jax.Array`s sharded over a mesh's data axis.
+`hvpose.sharding.global_batch` turns each process's numpy batch into `jax.Array`s sharded over the mesh.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import grain
-import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from hvpose.data.augment import Augmentation, color_jitter, sample_geometry
-from hvpose.data.coco import DataError, Detection
-from hvpose.data.crops import (CROP_SIZE, CropGeometry, crop_transform, extend_box, invert_transform,
-                               scale_for_reduction, transform_keypoints, warp)
-from hvpose.data.images import DEFAULT_MAX_PIXELS, decode_image, reduction_for_scale
+from hvpose.errors import DataError
+from hvpose.data.coco import Detection
+from hvpose.data.crops import CROP_SIZE, TEST_ENLARGE, crop_box, invert_transform, render_crop, transform_keypoints
+from hvpose.data.images import DEFAULT_MAX_PIXELS, decode_image
 from hvpose.data.tfds_coco import PreparedDataset
-
-EVAL_ENLARGE = 1.25  # the paper's test-time box enlargement
 
 
 class TrainPersons:
@@ -106,18 +103,6 @@ class EvalBoxes:
                 "image_id": np.int64(record["image_id"]), "valid": np.bool_(True)}
 
 
-def render_crop(image_bytes: bytes, geometry: CropGeometry, crop_size: tuple[int, int] = CROP_SIZE,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes (at a reduced size when the crop shrinks the image by 2x or more) and warps one crop.
-
-    Returns the uint8 crop and the float64 image -> crop matrix (full-resolution image coordinates).
-    """
-    matrix = crop_transform(geometry, crop_size)
-    reduction = reduction_for_scale(crop_size[1] / geometry.size[0])
-    image = decode_image(image_bytes, reduction, max_pixels)
-    return warp(image, scale_for_reduction(matrix, reduction), crop_size), matrix
-
-
 @dataclasses.dataclass
 class TrainCrop(grain.transforms.RandomMap):
     """Person element -> augmented crop with keypoints in crop pixels and the crop -> image matrix."""
@@ -129,7 +114,8 @@ class TrainCrop(grain.transforms.RandomMap):
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         geometry = sample_geometry(tuple(element["bbox"]), rng, self.augment, self.crop_size)
-        crop, matrix = render_crop(element["image"], geometry, self.crop_size, self.max_pixels)
+        crop, matrix = render_crop(functools.partial(decode_image, element["image"], max_pixels=self.max_pixels),
+                                   geometry, self.crop_size)
         keypoints = transform_keypoints(matrix, element["keypoints"])
         if geometry.flip:
             keypoints = keypoints[self.flip_permutation]
@@ -147,7 +133,7 @@ class EvalCrop(grain.transforms.Map):
     """Box element -> crop at the test-time enlargement, with the crop -> image matrix."""
 
     crop_size: tuple[int, int] = CROP_SIZE
-    enlarge: float = EVAL_ENLARGE
+    enlarge: float = TEST_ENLARGE
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
@@ -156,9 +142,9 @@ class EvalCrop(grain.transforms.Map):
         if not element["valid"]:
             return {**out, "image": np.zeros((*self.crop_size, 3), np.uint8),
                     "crop_to_image": np.zeros((2, 3), np.float32)}
-        center, size = extend_box(tuple(element["bbox"]), self.crop_size, self.enlarge)
-        crop, matrix = render_crop(element["image"], CropGeometry(center, size), self.crop_size, self.max_pixels)
-        return {**out, "image": crop, "crop_to_image": invert_transform(matrix).astype(np.float32)}
+        decode = functools.partial(decode_image, element["image"], max_pixels=self.max_pixels)
+        crop, crop_to_image = crop_box(decode, tuple(element["bbox"]), self.crop_size, self.enlarge)
+        return {**out, "image": crop, "crop_to_image": crop_to_image}
 
 
 def _ensure_flags_parsed() -> None:
@@ -213,14 +199,6 @@ def eval_loader(prepared: PreparedDataset, boxes: Sequence[Detection], global_ba
     source = EvalBoxes(prepared, boxes, pad_to=global_batch_size)
     sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=False, num_epochs=1)
     loader = grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
-                              operations=[EvalCrop(tuple(crop_size), EVAL_ENLARGE, max_pixels),
+                              operations=[EvalCrop(tuple(crop_size), TEST_ENLARGE, max_pixels),
                                           grain.transforms.Batch(batch, drop_remainder=True)])
     return loader, source.num_boxes
-
-
-def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str = "data"
-                 ) -> dict[str, jax.Array]:
-    """Assembles each process's batch into global arrays sharded along `axis` (leading dimension)."""
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in batch.items()}

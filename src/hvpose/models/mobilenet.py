@@ -7,7 +7,8 @@ weights. Four 1x1 heads read the last features: heatmap logits (K), short-range 
 then K x, in input pixels) and the mid-range displacement fields (forward and backward along the skeleton's
 edges, E y then E x each), kept for bottom-up grouping.
 
-`apply(variables, crops)` returns what `hvpose.models.pose_net.PoseNet` returns (`heatmap_logits` (B, H, W, K)
+`apply(variables, crops)` takes uint8 RGB crops (normalised inside, PoseNet's way: `preprocess="unit"`) and
+returns what `hvpose.models.keypoint_net.KeypointNet` returns (`heatmap_logits` (B, H, W, K)
 and `offsets` (B, H, W, K, 2) as (x, y) in crop pixels, upsampled with aligned corners), so evaluation, voting
 and decoding take either network; the displacements come at feature resolution as (B, h, w, E, 2), (x, y).
 With input sizes of the form s*n+1 (353x257 at output stride 16) SAME padding keeps feature cell (i, j) on input
@@ -22,7 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hvpose.models.pose_net import resize_aligned_corners
+from hvpose.models.preprocess import check_preprocess, preprocess
+from hvpose.ops.upsample import upsample_to_map_stride
 
 
 class ConvSpec(NamedTuple):
@@ -47,15 +49,21 @@ class MobileNetPoseNet(nn.Module):
       layers: the backbone, layer by layer.
       num_keypoints: K.
       num_edges: E, edges of the displacement fields (16 for COCO's PoseNet tree); 0 drops those heads.
-      map_stride: as `PoseNet.map_stride`: 1 upsamples to every crop pixel; the output stride keeps the grid.
+      preprocess: input normalisation (`hvpose.models.preprocess`); PoseNet's weights expect "unit".
+      map_stride: as `KeypointNet.map_stride`: 1 upsamples to every crop pixel; the output stride keeps the grid.
       dtype: compute dtype; parameters are float32 and the heads run in float32.
     """
 
     layers: tuple[ConvSpec, ...]
     num_keypoints: int = 17
     num_edges: int = 16
+    preprocess: str = "unit"
     map_stride: int = 1
     dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        check_preprocess(self.preprocess)
+        super().__post_init__()
 
     @property
     def output_stride(self) -> int:
@@ -67,7 +75,7 @@ class MobileNetPoseNet(nn.Module):
     @nn.compact
     def __call__(self, crops: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         del train  # no batch norm or dropout: PoseNet's batch norm is folded into the biases
-        x = crops.astype(self.dtype)
+        x = preprocess(crops, self.preprocess).astype(self.dtype)
         for index, spec in enumerate(self.layers):
             groups = x.shape[-1] if spec.kind == "depthwise" else 1
             x = nn.Conv(spec.features, spec.kernel, strides=spec.stride, padding=spec.padding,
@@ -79,11 +87,7 @@ class MobileNetPoseNet(nn.Module):
         head = lambda features, name: nn.Conv(features, (1, 1), dtype=jnp.float32, name=name)(x)  # noqa: E731
         heatmaps, offsets = head(k, "heatmap"), head(2 * k, "offset")
         maps = jnp.concatenate([heatmaps, offsets], axis=-1)
-        if self.output_stride % self.map_stride:
-            raise ValueError(f"map_stride {self.map_stride} must divide output_stride {self.output_stride}")
-        if self.map_stride < self.output_stride:
-            size = tuple((n - 1) // self.map_stride + 1 for n in crops.shape[1:3])
-            maps = resize_aligned_corners(maps, size)
+        maps = upsample_to_map_stride(maps, crops.shape[1:3], self.output_stride, self.map_stride)
         outputs = {"heatmap_logits": maps[..., :k],
                    "offsets": jnp.stack([maps[..., 2 * k:], maps[..., k:2 * k]], axis=-1)}  # (y, x) -> (x, y)
         if self.num_edges:

@@ -14,9 +14,14 @@ bilinear weights) into a (B, H+1, W+1, K, 4) accumulator; the four corner planes
 shifts. This does a quarter of the index arithmetic and bounds checks of four separate scalar scatters and keeps
 the accumulator's innermost axis (K) in the same order as the source pixels, so consecutive votes touch nearby
 memory. On TPU, where scatters are slow, a windowed dense formulation would be preferable; that is future work.
+
+Naming: every public function here is one jitted function (shape checks run at trace time), callable on numpy or
+jax arrays and inside a caller's jit alike; `hough_vote_numpy` is the numpy reference.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +39,23 @@ def _check_shapes(heatmaps_shape: tuple[int, ...], offsets_shape: tuple[int, ...
         raise ValueError(f"{heatmaps_shape} is too large for one call (int32 vote indices); vote in smaller batches")
 
 
-def vote_maps(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> jax.Array:
-    """The voting kernel as a pure jnp function (for use inside a caller's jit); see `hough_vote`."""
+@jax.jit
+def hough_vote(heatmaps: ArrayLike, offsets: ArrayLike, radius: ArrayLike) -> jax.Array:
+    """Hough-voting score maps f_k (B, H, W, K) from heatmap probabilities and offsets.
+
+    Args:
+      heatmaps: (B, H, W, K) probabilities h_k (sigmoid of the network's logits), numpy or jax.
+      offsets: (B, H, W, K, 2) displacements F_k in pixels, `[..., 0]` = x (column), `[..., 1]` = y (row).
+      radius: the disk radius R in pixels (normalises votes by 1/(pi R^2)); traced, so it does not recompile.
+
+    Returns:
+      float32 score maps (B, H, W, K). Jitted (and usable inside a caller's jit): compiles once per input shape.
+    """
+    _check_shapes(heatmaps.shape, offsets.shape)
     batch, height, width, num_keypoints = heatmaps.shape
     heatmaps = heatmaps.astype(jnp.float32)
     offsets = offsets.astype(jnp.float32)
+    radius = jnp.asarray(radius, jnp.float32)
     ys = jnp.arange(height, dtype=jnp.float32)[:, None, None]
     xs = jnp.arange(width, dtype=jnp.float32)[None, :, None]
     offset_x, offset_y = offsets[..., 0], offsets[..., 1]
@@ -78,25 +95,6 @@ def vote_maps(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> jax
     return (acc[:, 1:, 1:, :, 0] + acc[:, 1:, :-1, :, 1] + acc[:, :-1, 1:, :, 2] + acc[:, :-1, :-1, :, 3])
 
 
-_hough_vote = jax.jit(vote_maps)
-
-
-def hough_vote(heatmaps: ArrayLike, offsets: ArrayLike, radius: float) -> jax.Array:
-    """Hough-voting score maps f_k (B, H, W, K) from heatmap probabilities and offsets.
-
-    Args:
-      heatmaps: (B, H, W, K) probabilities h_k (sigmoid of the network's logits), numpy or jax.
-      offsets: (B, H, W, K, 2) displacements F_k in pixels, `[..., 0]` = x (column), `[..., 1]` = y (row).
-      radius: the disk radius R in pixels (normalises votes by 1/(pi R^2)).
-
-    Returns:
-      float32 score maps (B, H, W, K). Jitted; compiles once per input shape and not per radius.
-    """
-    heatmaps, offsets = jax.device_put(heatmaps), jax.device_put(offsets)  # no-op for device arrays
-    _check_shapes(heatmaps.shape, offsets.shape)
-    return _hough_vote(heatmaps, offsets, jnp.asarray(radius, jnp.float32))
-
-
 def hough_vote_numpy(heatmaps: ArrayLike, offsets: ArrayLike, radius: float,
                      dtype: type[np.floating] = np.float64) -> np.ndarray:
     """The same formula in numpy with `np.bincount` per corner: the test reference and the benchmark baseline.
@@ -125,8 +123,11 @@ def hough_vote_numpy(heatmaps: ArrayLike, offsets: ArrayLike, radius: float,
     return scores.reshape(batch, num_keypoints, height, width).transpose(0, 2, 3, 1)
 
 
-def argmax_keypoints(score_maps: jax.Array) -> jax.Array:
-    """(B, K, 3) keypoints (x, y, score) at each map's argmax, as a pure jnp function; see `decode`."""
+@jax.jit
+def decode(score_maps: ArrayLike) -> jax.Array:
+    """Keypoints (B, K, 3) as (x, y, value) at the argmax of each (B, H, W, K) map (first on ties)."""
+    if len(score_maps.shape) != 4:
+        raise ValueError(f"score maps must be (B, H, W, K), got shape {score_maps.shape}")
     batch, height, width, num_keypoints = score_maps.shape
     flat = score_maps.reshape(batch, height * width, num_keypoints)
     best = jnp.argmax(flat, axis=1)  # (B, K)
@@ -136,19 +137,31 @@ def argmax_keypoints(score_maps: jax.Array) -> jax.Array:
     return jnp.stack([x, y, score.astype(jnp.float32)], axis=-1)
 
 
-_decode = jax.jit(argmax_keypoints)
+@jax.jit
+def decode_hough(heatmaps: ArrayLike, offsets: ArrayLike, radius: ArrayLike) -> jax.Array:
+    """The paper's decoding: each keypoint at the argmax of its Hough score map f_k; (B, K, 3) as (x, y, score).
+
+    The score is the heatmap probability h_k at that pixel, a number in [0, 1] that says how sure the network is
+    that the keypoint is within R of there. The vote peak itself only localises: its height also falls as the
+    offsets spread, so it is not comparable between keypoints or people.
+    """
+    votes = hough_vote(heatmaps, offsets, radius)
+    located = decode(votes)
+    batch, height, width, num_keypoints = votes.shape
+    index = located[..., 1].astype(jnp.int32) * width + located[..., 0].astype(jnp.int32)  # (B, K)
+    flat = jnp.asarray(heatmaps, jnp.float32).reshape(batch, height * width, num_keypoints)
+    probability = jnp.take_along_axis(flat, index[:, None, :], axis=1)[:, 0, :]
+    return located.at[..., 2].set(probability)
 
 
-def decode(score_maps: ArrayLike) -> jax.Array:
-    """Keypoints (B, K, 3) as (x, y, score) at the argmax of each (B, H, W, K) score map (first on ties)."""
-    score_maps = jnp.asarray(score_maps)
-    if score_maps.ndim != 4:
-        raise ValueError(f"score maps must be (B, H, W, K), got shape {score_maps.shape}")
-    return _decode(score_maps)
+@functools.partial(jax.jit, static_argnames="stride")
+def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike, stride: int = 1) -> jax.Array:
+    """The no-voting baseline: (x, y) = heatmap argmax + its offset, score = the heatmap probability there. (B, K, 3).
 
-
-def decode_argmax_offset_jnp(heatmaps: jax.Array, offsets: jax.Array, stride: int = 1) -> jax.Array:
-    """`decode_argmax_offset` as a pure jnp function (for use inside a caller's jit)."""
+    `stride`: pixels per map cell, for maps on a coarser grid than the crop (PoseNet decodes its stride-16
+    feature grid directly: cell (i, j) is pixel (16 i, 16 j)); offsets are in pixels either way.
+    """
+    _check_shapes(heatmaps.shape, offsets.shape)
     batch, height, width, num_keypoints = heatmaps.shape
     flat = heatmaps.reshape(batch, height * width, num_keypoints)
     best = jnp.argmax(flat, axis=1)
@@ -160,20 +173,4 @@ def decode_argmax_offset_jnp(heatmaps: jax.Array, offsets: jax.Array, stride: in
     return jnp.stack([x, y, score.astype(jnp.float32)], axis=-1)
 
 
-def decode_argmax_offset(heatmaps: ArrayLike, offsets: ArrayLike, stride: int = 1) -> jax.Array:
-    """The no-voting baseline: (x, y) = heatmap argmax + its offset, score = the heatmap there. (B, K, 3).
-
-    `stride`: pixels per map cell, for maps on a coarser grid than the crop (PoseNet decodes its stride-16
-    feature grid directly: cell (i, j) is pixel (16 i, 16 j)); offsets are in pixels either way.
-    """
-    heatmaps = jnp.asarray(heatmaps)
-    offsets = jnp.asarray(offsets)
-    _check_shapes(heatmaps.shape, offsets.shape)
-    return _decode_argmax_offset(heatmaps, offsets, stride=int(stride))
-
-
-_decode_argmax_offset = jax.jit(decode_argmax_offset_jnp, static_argnames="stride")
-
-
-__all__ = ["argmax_keypoints", "decode", "decode_argmax_offset", "decode_argmax_offset_jnp", "hough_vote",
-           "hough_vote_numpy", "vote_maps"]
+__all__ = ["decode", "decode_argmax_offset", "decode_hough", "hough_vote", "hough_vote_numpy"]

@@ -16,20 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hvpose.errors import WeightFileError
 from hvpose.models.resnet import BOTTLENECK_STAGES, ResNet
 
-# Keras Applications' `resnet.preprocess_input` ("caffe" mode): flip RGB to BGR, subtract these per-channel means.
-KERAS_IMAGENET_BGR_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
 
 # hvpose submodule name -> Keras layer-name suffix, inside one bottleneck unit.
 _UNIT_LAYERS = {
     "conv1": "1_conv", "bn1": "1_bn", "conv2": "2_conv", "bn2": "2_bn", "conv3": "3_conv", "bn3": "3_bn",
     "shortcut_conv": "0_conv", "shortcut_bn": "0_bn",
 }
-
-
-class WeightFileError(ValueError):
-    """A weight file is missing, unreadable, or does not match the model it is loaded into."""
 
 
 def _keras_layer_names(depth: int) -> dict[str, str]:

@@ -6,8 +6,8 @@ data format) become the layer specs; the four heads are the 1x1 convolutions tha
 (`heatmap*`, `offset*`, `displacement_fwd*`, `displacement_bwd*` in their names). Nothing about the layout is
 assumed, so other PoseNet MobileNet variants (multipliers 0.5-1.0, output strides 8/16) load the same way.
 
-PoseNet expects RGB scaled as `image / 127.5 - 1` (hvpose's `preprocess = "unit"`) and crop sizes of the form
-s*n+1 for output stride s.
+The model normalises its uint8 input as PoseNet expects (`image / 127.5 - 1`, `preprocess="unit"`) and takes
+crop sizes of the form s*n+1 for output stride s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hvpose.models.mobilenet import ConvSpec, MobileNetPoseNet
-from hvpose.pretrained.keras_resnet import WeightFileError
+from hvpose.errors import WeightFileError
 from hvpose.pretrained.tfjs import GraphModel, Node, read_graph_model
 
 _CONV_OPS = {"Conv2D": "conv", "DepthwiseConv2dNative": "depthwise"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hvpose.pretrained.keras_resnet import WeightFileError
+from hvpose.errors import WeightFileError
 
 _DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8, "uint16": np.uint16,
            "float16": np.float16, "bool": np.bool_}

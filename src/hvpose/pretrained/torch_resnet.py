@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hvpose.models.resnet import BASIC_STAGES, BOTTLENECK_STAGES, ResNet
-from hvpose.pretrained.keras_resnet import WeightFileError, check_matches
+from hvpose.errors import WeightFileError
+from hvpose.pretrained.keras_resnet import check_matches
 
-TORCH_IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, of images scaled to [0, 1]
-TORCH_IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _torch_layer_names(depth: int) -> dict[str, str]:
@@ -103,4 +102,4 @@ def load_torch_resnet(path: str | os.PathLike[str], depth: int = 50, output_stri
     return model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), loaded)
 
 
-__all__ = ["TORCH_IMAGENET_MEAN", "TORCH_IMAGENET_STD", "load_torch_resnet", "read_torch_resnet_weights"]
+__all__ = ["load_torch_resnet", "read_torch_resnet_weights"]

@@ -7,17 +7,18 @@ import optax
 import pytest
 from scipy import ndimage
 
-from hvpose.models.pose_net import PoseNet, interpolation_matrix, resize_aligned_corners, split_head
+from hvpose.models.keypoint_net import KeypointNet, split_head
+from hvpose.ops.upsample import interpolation_matrix, resize_aligned_corners
 from hvpose.targets import total_loss
 
 
 def test_full_model_output_shapes_at_crop_size():
-    model = PoseNet(depth=101, output_stride=8, aux_head=True)
+    model = KeypointNet(depth=101, output_stride=8, aux_head=True)
     outputs = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 353, 257, 3)))[0])
     assert outputs["heatmap_logits"].shape == (2, 353, 257, 17)
     assert outputs["offsets"].shape == (2, 353, 257, 17, 2)
     assert outputs["aux_offsets"].shape == (2, 353, 257, 17, 2)
-    grid = jax.eval_shape(lambda: PoseNet(map_stride=8).init_with_output(
+    grid = jax.eval_shape(lambda: KeypointNet(map_stride=8).init_with_output(
         jax.random.key(0), jnp.zeros((1, 353, 257, 3)))[0])
     assert grid["heatmap_logits"].shape == (1, 45, 33, 17)
 
@@ -43,8 +44,8 @@ def test_head_channel_layout_is_heatmaps_then_x_then_y():
 
 def test_bfloat16_compute_float32_params_and_outputs():
     crops = jax.random.normal(jax.random.key(0), (1, 33, 33, 3))
-    f32 = PoseNet(num_keypoints=4, depth=18, output_stride=16)
-    bf16 = PoseNet(num_keypoints=4, depth=18, output_stride=16, dtype=jnp.bfloat16)
+    f32 = KeypointNet(num_keypoints=4, depth=18, output_stride=16)
+    bf16 = KeypointNet(num_keypoints=4, depth=18, output_stride=16, dtype="bfloat16")
     variables = f32.init(jax.random.key(1), crops)
     assert {x.dtype for x in jax.tree.leaves(bf16.init(jax.random.key(1), crops))} == {jnp.dtype(jnp.float32)}
     a = f32.apply(variables, crops)["heatmap_logits"]
@@ -54,9 +55,9 @@ def test_bfloat16_compute_float32_params_and_outputs():
 
 
 def test_jitted_train_step_compiles_once_and_learns():
-    """A full loss + gradient + update step on a tiny PoseNet: no retrace on later calls, loss goes down."""
+    """A full loss + gradient + update step on a tiny KeypointNet: no retrace on later calls, loss goes down."""
     size, radius = (41, 33), 4.0
-    model = PoseNet(num_keypoints=2, depth=18, output_stride=8, aux_head=True)
+    model = KeypointNet(num_keypoints=2, depth=18, output_stride=8, aux_head=True)
     crops = jax.random.normal(jax.random.key(0), (2, *size, 3))
     keypoints = jnp.array([[[10.0, 20.0, 2], [25.0, 5.0, 1]], [[16.0, 16.0, 2], [0.0, 0.0, 0]]])
     variables = model.init(jax.random.key(1), crops)
@@ -91,11 +92,11 @@ def test_jitted_train_step_compiles_once_and_learns():
 @pytest.mark.parametrize("bad", [{"depth": 42}, {"output_stride": 4}])
 def test_bad_backbone_settings_are_clear_errors(bad):
     with pytest.raises(ValueError, match="must be"):
-        PoseNet(**bad).init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
+        KeypointNet(**bad).init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
 
 
 def test_heatmaps_start_at_the_prior_and_offsets_near_zero():
-    model = PoseNet(num_keypoints=3, depth=18, output_stride=32, heatmap_prior=0.02)
+    model = KeypointNet(num_keypoints=3, depth=18, output_stride=32, heatmap_prior=0.02, preprocess="none")
     crops = jnp.zeros((1, 65, 65, 3))
     outputs = model.apply(model.init(jax.random.key(0), crops), crops)
     np.testing.assert_allclose(jax.nn.sigmoid(outputs["heatmap_logits"]).mean(), 0.02, rtol=0.1)
@@ -105,13 +106,32 @@ def test_heatmaps_start_at_the_prior_and_offsets_near_zero():
 def test_network_upsamples_with_aligned_corners():
     """The full-resolution output read every 8th pixel is the feature-grid output (cell i at pixel 8i)."""
     crops = jax.random.normal(jax.random.key(0), (1, 41, 33, 3))
-    model = PoseNet(num_keypoints=3, depth=18, output_stride=8)
+    model = KeypointNet(num_keypoints=3, depth=18, output_stride=8)
     variables = model.init(jax.random.key(1), crops)
     full = model.apply(variables, crops)
-    grid = PoseNet(num_keypoints=3, depth=18, output_stride=8, map_stride=8).apply(variables, crops)
-    half = PoseNet(num_keypoints=3, depth=18, output_stride=8, map_stride=2).apply(variables, crops)
+    grid = KeypointNet(num_keypoints=3, depth=18, output_stride=8, map_stride=8).apply(variables, crops)
+    half = KeypointNet(num_keypoints=3, depth=18, output_stride=8, map_stride=2).apply(variables, crops)
     assert grid["offsets"].shape[1:3] == (6, 5) and half["offsets"].shape[1:3] == (21, 17)
     for key in ("heatmap_logits", "offsets"):
         np.testing.assert_allclose(full[key][:, ::8, ::8], grid[key], atol=1e-6)
         np.testing.assert_allclose(full[key][:, ::2, ::2], half[key], atol=1e-6)
         assert float(jnp.abs(full[key][:, 4::8, 4::8] - grid[key][:, :-1, :-1]).max()) > 1e-6
+
+
+def test_network_normalises_its_uint8_input_itself(rng):
+    """`preprocess` runs inside the model: uint8 crops through "unit" equal pre-normalised crops through "none"."""
+    crops = rng.integers(0, 256, (1, 33, 25, 3), np.uint8)
+    inside = KeypointNet(num_keypoints=2, depth=18, output_stride=8, base_width=8, preprocess="unit")
+    outside = inside.clone(preprocess="none")
+    variables = inside.init(jax.random.key(0), crops)
+    np.testing.assert_allclose(inside.apply(variables, crops)["heatmap_logits"],
+                               outside.apply(variables, crops / 127.5 - 1.0)["heatmap_logits"], atol=1e-5)
+    caffe = inside.clone(preprocess="caffe").apply(variables, crops)["heatmap_logits"]
+    assert float(jnp.abs(caffe - inside.apply(variables, crops)["heatmap_logits"]).max()) > 1e-3
+
+
+@pytest.mark.parametrize("bad, match", [({"dtype": "float16"}, "dtype"), ({"preprocess": "imagenet"}, "preprocess"),
+                                        ({"map_stride": 3}, "map_stride")])
+def test_bad_settings_fail_when_the_network_is_built(bad, match):
+    with pytest.raises(ValueError, match=match):
+        KeypointNet(**bad)

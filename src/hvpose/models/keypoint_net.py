@@ -4,10 +4,12 @@ Output layout (per crop, before upsampling): 3K channels, K heatmap logits, then
 all in crop pixels. `split_head` turns them into `heatmap_logits` (B, H, W, K) and `offsets` (B, H, W, K, 2) with
 `[..., 0]` the x (column) and `[..., 1]` the y (row) displacement, the layout `hvpose.ops.voting` takes.
 
-Upsampling to the crop size is bilinear with aligned corners: for crop sizes s*n+1 (353 = 8*44+1), feature cell
-(i, j) sits at crop pixel (s*i, s*j), which is how the ResNet's grid lines up with its input (and PoseNet's too).
-It is written as two small matrix products with constant interpolation matrices, which XLA maps onto the MXU on
-TPU instead of gathers.
+Upsampling to the crop size is bilinear with aligned corners (`hvpose.ops.upsample`): for crop sizes s*n+1
+(353 = 8*44+1), feature cell (i, j) sits at crop pixel (s*i, s*j), which is how the ResNet's grid lines up with
+its input (and PoseNet's too).
+
+The network takes uint8 RGB crops and normalises them itself (`preprocess`, the weight family's input
+convention), so every caller feeds the same thing and hosts ship uint8.
 """
 
 from __future__ import annotations
@@ -19,35 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hvpose.keypoints import NUM_KEYPOINTS
+from hvpose.keypoints import COCO17
+from hvpose.models.preprocess import check_preprocess, preprocess
 from hvpose.models.resnet import ResNet
+from hvpose.ops.upsample import upsample_to_map_stride
 
-
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) matrix of 1-D linear interpolation with aligned corners.
-
-    Output sample o sits at input coordinate o * (in_size - 1) / (out_size - 1); its two neighbours share the weight.
-    """
-    if in_size == 1 or out_size == 1:
-        matrix = np.zeros((out_size, in_size), np.float32)
-        matrix[:, 0] = 1.0
-        return matrix
-    position = np.arange(out_size, dtype=np.float64) * (in_size - 1) / (out_size - 1)
-    lower = np.clip(np.floor(position).astype(np.int64), 0, in_size - 2)
-    fraction = position - lower
-    matrix = np.zeros((out_size, in_size), np.float64)
-    matrix[np.arange(out_size), lower] = 1.0 - fraction
-    matrix[np.arange(out_size), lower + 1] += fraction
-    return matrix.astype(np.float32)
-
-
-def resize_aligned_corners(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of (B, h, w, C) maps to (B, H, W, C) with aligned corners (exact, separable)."""
-    rows = jnp.asarray(interpolation_matrix(maps.shape[1], size[0]), maps.dtype)
-    cols = jnp.asarray(interpolation_matrix(maps.shape[2], size[1]), maps.dtype)
-    # HIGHEST: the default matmul precision on TPU/GPU would round float32 maps to bf16/tf32.
-    maps = jnp.einsum("Hh,bhwc->bHwc", rows, maps, precision=jax.lax.Precision.HIGHEST)
-    return jnp.einsum("Ww,bHwc->bHWc", cols, maps, precision=jax.lax.Precision.HIGHEST)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def split_head(maps: jax.Array, num_keypoints: int) -> dict[str, jax.Array]:
@@ -57,28 +36,33 @@ def split_head(maps: jax.Array, num_keypoints: int) -> dict[str, jax.Array]:
     return {"heatmap_logits": maps[..., :k], "offsets": offsets}
 
 
-class PoseNet(nn.Module):
+class KeypointNet(nn.Module):
     """Backbone + heatmap/offset head(s), upsampled to the input crop size.
 
-    `apply(variables, crops, train=False)` returns a dict with `heatmap_logits` (B, H, W, K) and `offsets`
-    (B, H, W, K, 2) at crop resolution, in float32 whatever the compute dtype, and with `aux_heatmap_logits` and
-    `aux_offsets` from block3 when `aux_head` is set (training-time deep supervision).
+    `apply(variables, crops, train=False)` takes uint8 (or 0-255 float) RGB crops (B, H, W, 3) and returns a dict
+    with `heatmap_logits` (B, H, W, K) and `offsets` (B, H, W, K, 2) at crop resolution, in float32 whatever the
+    compute dtype, and with `aux_heatmap_logits` and `aux_offsets` from block3 when `aux_head` is set
+    (training-time deep supervision).
+
+    `KeypointNet(num_keypoints=K, **config.model)` builds the network of a config: every field of
+    `config.model` is an attribute here.
 
     Attributes:
       num_keypoints: K.
       depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width: backbone
         (see ResNet).
       aux_head: add a second 1x1 head on block3.
+      preprocess: input normalisation, "caffe", "torchvision", "unit" or "none" (`hvpose.models.preprocess`).
       map_stride: the maps are sampled at every `map_stride`-th crop pixel: 1 is full crop resolution (the paper;
         what voting uses), `output_stride` is the feature grid itself (no upsampling). Any divisor of
         `output_stride` keeps the samples on crop pixels (pixel (m*i, m*j)); training can compute its loss on
-        such a grid for speed (`keypoint_loss(..., pixel_stride=m)`). Offsets are always in crop pixels.
+        such a grid for speed (`keypoint_loss(..., map_stride=m)`). Offsets are always in crop pixels.
       heatmap_prior: initial heatmap probability (bias log(p / (1 - p))): disks cover ~2% of a crop, so starting
         near that instead of 0.5 avoids a large, uninformative first phase of the logistic loss.
-      dtype: compute dtype (jnp.bfloat16 on TPU/GPU); parameters are float32.
+      dtype: compute dtype, "float32" or "bfloat16" (TPU/GPU); parameters are float32.
     """
 
-    num_keypoints: int = NUM_KEYPOINTS
+    num_keypoints: int = COCO17.num_keypoints
     depth: int = 101
     output_stride: int = 8
     stride_on: Literal["1x1", "3x3"] = "1x1"
@@ -88,16 +72,27 @@ class PoseNet(nn.Module):
     bn_epsilon: float = 1.001e-5
     base_width: int = 64
     aux_head: bool = False
+    preprocess: str = "caffe"
     map_stride: int = 1
     heatmap_prior: float = 0.01
-    dtype: Any = jnp.float32
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        # Bad settings fail when the network is built, not at its first call deep inside jit.
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        check_preprocess(self.preprocess)
+        if self.map_stride < 1 or self.output_stride % self.map_stride:
+            raise ValueError(f"map_stride {self.map_stride} must divide output_stride {self.output_stride}")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, crops: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         features = ResNet(
             depth=self.depth, output_stride=self.output_stride, stride_on=self.stride_on, conv_bias=self.conv_bias,
             bn_frozen=self.bn_frozen, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            base_width=self.base_width, dtype=self.dtype, name="backbone")(crops, train=train)
+            base_width=self.base_width, dtype=DTYPES[self.dtype], name="backbone",
+        )(preprocess(crops, self.preprocess), train=train)
         heads = {"": features["block4"]}
         if self.aux_head:
             heads["aux_"] = features["block3"]
@@ -114,10 +109,9 @@ class PoseNet(nn.Module):
             # 16-32 px and 1/4 px beyond, and this 1x1 convolution is a negligible part of the cost.
             maps = nn.Conv(3 * k, (1, 1), dtype=jnp.float32, kernel_init=nn.initializers.normal(0.01),
                            bias_init=head_bias, name=f"{prefix}head")(feature.astype(jnp.float32))
-            if self.output_stride % self.map_stride:
-                raise ValueError(f"map_stride {self.map_stride} must divide output_stride {self.output_stride}")
-            if self.map_stride < self.output_stride:
-                size = tuple((n - 1) // self.map_stride + 1 for n in crops.shape[1:3])
-                maps = resize_aligned_corners(maps, size)
+            maps = upsample_to_map_stride(maps, crops.shape[1:3], self.output_stride, self.map_stride)
             outputs.update({prefix + key: value for key, value in split_head(maps, k).items()})
         return outputs
+
+
+__all__ = ["DTYPES", "KeypointNet", "split_head"]

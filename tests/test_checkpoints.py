@@ -1,0 +1,39 @@
+"""Saved configs of older checkpoints load in today's layout (one translation at the loading edge)."""
+
+import json
+import pathlib
+
+from hvpose.checkpoints import CONFIG_FILE, read_config, upgrade_config
+from hvpose.configs import demo
+from hvpose.data.augment import Augmentation
+from hvpose.inference import InferenceSettings
+from hvpose.models.keypoint_net import KeypointNet
+
+# config.json written beside the checkpoints of `make demo` by hvpose at commit bb98b4e (the layout before
+# `config.inference`, `model.dtype` and `data.augment.enlarge`).
+OLD = pathlib.Path(__file__).parent / "data" / "demo_config_bb98b4e.json"
+
+
+def leaf_paths(tree, prefix=""):
+    paths = set()
+    for key, value in tree.items():
+        paths |= leaf_paths(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+    return paths
+
+
+def test_an_old_demo_config_upgrades_to_todays_layout(tmp_path):
+    (tmp_path / CONFIG_FILE).write_text(OLD.read_text())
+    config, keypoint_set = read_config(str(tmp_path))
+    today = demo.get_config()
+    assert leaf_paths(config.to_dict()) == leaf_paths(today.to_dict())
+    assert config.model.dtype == "float32" and config.inference.decoder == "hough"
+    assert tuple(config.data.augment.enlarge) == (1.0, 1.5) and config.loss.unlabelled == "negative"
+    # Every section still goes straight to what it configures.
+    assert KeypointNet(num_keypoints=keypoint_set.num_keypoints, **config.model).depth == 18
+    assert InferenceSettings(**config.inference).flip_test
+    Augmentation(**config.data.augment)
+
+
+def test_todays_config_is_left_as_it_is():
+    today = json.loads(json.dumps(demo.get_config().to_dict()))
+    assert upgrade_config(today) == today
