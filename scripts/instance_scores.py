@@ -11,6 +11,9 @@ probabilities at the decoded keypoints, so every rule's score is in [0, 1]:
   paper x box  the same times the box score
   mmpose       mean of the keypoint scores above 0.2, times the box score (mmpose's top-down default)
   mmpose, no box  the same without the box score
+  weighted x box  the confidence-weighted mean sum(p^2) / sum(p) of all keypoint scores, times the box score
+                  (hvpose's default: each keypoint counts as much as the network believes it; no threshold)
+  weighted, no box  the same without the box score
 
 Datasets: the demo's held-out split with a trained demo checkpoint (`--demo`, ground-truth boxes, so the box score
 is 1) and the real COCO sample with PoseNet's weights (`--posenet`), with ground-truth boxes and with the real
@@ -40,7 +43,10 @@ from hvpose.models.keypoint_net import KeypointNet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", REPO.parent / "shared" / "data"))
-RULES = {"paper": (0.0, False), "paper x box": (0.0, True), "mmpose": (0.2, True), "mmpose, no box": (0.2, False)}
+# name: (keypoint_threshold, use_box_score, keypoint_average), as in config.inference
+RULES = {"paper": (0.0, False, "mean"), "paper x box": (0.0, True, "mean"), "mmpose": (0.2, True, "mean"),
+         "mmpose, no box": (0.2, False, "mean"), "weighted x box": (0.0, True, "weighted"),
+         "weighted, no box": (0.0, False, "weighted")}
 
 
 def people_before_nms(config, model, variables, prepared, boxes, radius):
@@ -54,9 +60,9 @@ def people_before_nms(config, model, variables, prepared, boxes, radius):
 def score_rules(name, people, prepared, nms_threshold):
     sigmas = prepared.dataset.keypoint_set.sigmas
     rows = []
-    for rule, (threshold, use_box) in RULES.items():
+    for rule, (threshold, use_box, average) in RULES.items():
         scores = instance_scores(np.stack([p.keypoints[:, 2] for p in people]), np.array([p.box_score for p in people]),
-                                 threshold, use_box)
+                                 threshold, use_box, average)
         rescored = [dataclasses.replace(p, score=float(s)) for p, s in zip(people, scores)]
         kept = suppress(rescored, sigmas, nms_threshold)
         stats = coco_evaluate(prepared.dataset.raw, to_coco_results(kept, prepared.dataset.category_id), sigmas,

@@ -17,6 +17,10 @@ def test_instance_scores_average_the_confident_keypoints_times_the_box_score():
     np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.2, True), [0.35, 0.0, 0.8])
     np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.2, False), [0.7, 0.0, 1.0])
     np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.0, False), [0.5, 0.1, 1.0])
+    # Confidence-weighted: sum(p^2) / sum(p), e.g. (0.81 + 0.01 + 0.25) / 1.5 for the first row.
+    np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.0, False, "weighted"),
+                               [1.07 / 1.5, 0.1, 1.0])
+    np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.2, True, "weighted"), [0.5 * 1.06 / 1.4, 0, 0.8])
 
 
 def test_settings_refuse_what_cannot_be_a_probability_threshold():
@@ -24,6 +28,8 @@ def test_settings_refuse_what_cannot_be_a_probability_threshold():
         InferenceSettings(keypoint_threshold=1.5)
     with pytest.raises(ValueError, match="decoder"):
         InferenceSettings(decoder="softargmax")
+    with pytest.raises(ValueError, match="keypoint_average"):
+        InferenceSettings(keypoint_average="median")
 
 
 @pytest.mark.parametrize("boxes, match", [([[0, 0, 10, 10, 1.5]], "probabilities"), ([[0, 0, -1, 10]], "width"),

@@ -108,6 +108,7 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
         config["inference"] = {"flip_test": evaluation.pop("flip_test"),
                                "decoder": evaluation.pop("decoder", "hough"),
                                "keypoint_threshold": evaluation.pop("keypoint_threshold"),
+                               "keypoint_average": "mean",
                                "use_box_score": evaluation.pop("use_box_score"),
                                "oks_nms_threshold": evaluation.pop("oks_nms_threshold")}
         evaluation.pop("voting_radius", None)

@@ -11,8 +11,10 @@ boxes or a COCO detection-results file (evaluation reads those per dataset), or 
 Scores users see, all in [0, 1]:
   * keypoint score: the heatmap probability at the decoded keypoint (`hvpose.ops.voting.decode_hough`), i.e. how
     sure the network is that the keypoint lies within R of there; with the flip test, the mean of both passes.
-  * instance score: the mean of the keypoint scores above `keypoint_threshold` (0 if none), times the box score
-    when `use_box_score` (box scores are probabilities too). The README compares the choices on real data.
+  * instance score: an average of the keypoint scores above `keypoint_threshold` (0 if none), times the box
+    score when `use_box_score` (box scores are probabilities too). The average is the plain mean (the paper's rule
+    with threshold 0, mmpose's with 0.2) or the confidence-weighted mean sum(p^2) / sum(p), in which each keypoint
+    counts as much as the network believes it (no threshold to tune). The README compares them on real data.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from hvpose.ops.nms import oks_nms
 from hvpose.ops.voting import decode_argmax_offset, decode_hough
 
 DECODERS = ("hough", "argmax_offset")
+KEYPOINT_AVERAGES = ("mean", "weighted")
 
 # An image (H, W, 3) uint8 -> its person boxes (N, 5) as (x, y, width, height, score): the detector's slot.
 BoxSource = Callable[[np.ndarray], np.ndarray]
@@ -46,12 +49,15 @@ class InferenceSettings:
     flip_test: bool = True  # average with the mirrored crop (exact: crop sizes are s*n+1)
     decoder: str = "hough"  # "hough" (the paper's voting) or "argmax_offset" (no voting)
     keypoint_threshold: float = 0.0  # keypoints scoring above count in the instance score
+    keypoint_average: str = "weighted"  # "mean" or "weighted" (sum p^2 / sum p) of those keypoint scores
     use_box_score: bool = True  # multiply the instance score by the box score
     oks_nms_threshold: float = 0.9  # OKS above which the lower-scoring duplicate is dropped
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder {self.decoder!r} is not one of {list(DECODERS)}")
+        if self.keypoint_average not in KEYPOINT_AVERAGES:
+            raise ValueError(f"keypoint_average {self.keypoint_average!r} is not one of {list(KEYPOINT_AVERAGES)}")
         if not 0.0 <= self.keypoint_threshold < 1.0:
             raise ValueError(f"keypoint_threshold {self.keypoint_threshold} must be in [0, 1) (scores are "
                              "probabilities)")
@@ -109,15 +115,21 @@ def to_image(keypoints: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
     return np.concatenate([points, keypoints[..., 2:]], axis=-1)
 
 
-def instance_scores(keypoint_scores: np.ndarray, box_scores: np.ndarray, threshold: float,
-                    use_box_score: bool) -> np.ndarray:
-    """(N,) instance scores: mean of each row's keypoint scores above `threshold` (0 if none), times the box
-    score when `use_box_score`. With scores in [0, 1], so is the result."""
+def instance_scores(keypoint_scores: np.ndarray, box_scores: np.ndarray, threshold: float, use_box_score: bool,
+                    average: str = "mean") -> np.ndarray:
+    """(N,) instance scores: the `average` ("mean", or "weighted": sum(p^2) / sum(p)) of each row's keypoint
+    scores p above `threshold` (0 if none), times the box score when `use_box_score`. With scores in [0, 1], so is
+    the result."""
     keypoint_scores = np.asarray(keypoint_scores, np.float64).reshape(len(box_scores), -1)
-    confident = keypoint_scores > threshold
-    counts = confident.sum(axis=1)
-    means = np.where(counts > 0, (keypoint_scores * confident).sum(axis=1) / np.maximum(counts, 1), 0.0)
-    return means * np.asarray(box_scores, np.float64) if use_box_score else means
+    counted = np.where(keypoint_scores > threshold, keypoint_scores, 0.0)
+    if average == "mean":
+        total, weight = counted.sum(axis=1), (keypoint_scores > threshold).sum(axis=1)
+    elif average == "weighted":
+        total, weight = (counted * counted).sum(axis=1), counted.sum(axis=1)
+    else:
+        raise ValueError(f"average {average!r} is not one of {list(KEYPOINT_AVERAGES)}")
+    scores = np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), 0.0)
+    return scores * np.asarray(box_scores, np.float64) if use_box_score else scores
 
 
 def suppress(people: Sequence[PredictedPerson], sigmas: Sequence[float], threshold: float) -> list[PredictedPerson]:
@@ -193,7 +205,7 @@ class Pipeline:
         keypoints = to_image(np.asarray(out["keypoints"], np.float64), out["crop_to_image"])
         valid = np.nonzero(out["valid"])[0]
         scores = instance_scores(keypoints[valid, :, 2], out["score"][valid], self.settings.keypoint_threshold,
-                                 self.settings.use_box_score)
+                                 self.settings.use_box_score, self.settings.keypoint_average)
         return [PredictedPerson(box=tuple(float(v) for v in out["bbox"][i]), box_score=float(out["score"][i]),
                                 score=float(score), keypoints=keypoints[i], image_id=int(out["image_id"][i]))
                 for i, score in zip(valid, scores)]
@@ -241,5 +253,5 @@ class Pipeline:
         return sorted(people, key=lambda p: -p.score)
 
 
-__all__ = ["DECODERS", "BoxSource", "InferenceSettings", "Pipeline", "PredictedPerson", "as_boxes",
+__all__ = ["DECODERS", "KEYPOINT_AVERAGES", "BoxSource", "InferenceSettings", "Pipeline", "PredictedPerson", "as_boxes",
            "instance_scores", "model_for_decoder", "network_fn", "suppress", "to_image"]

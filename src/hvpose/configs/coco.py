@@ -55,7 +55,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.loss.offset_scale = 25.0  # offset errors are measured in units of R (not given in the paper)
     config.loss.aux_weight = 1.0  # weight of the block3 head's loss
     config.loss.map_stride = 1  # loss on every crop pixel (paper); 2 or 4: every 2nd/4th, cheaper
-    config.loss.unlabelled = "negative"  # heatmaps of unlabelled keypoints (v = 0): "negative" or "ignore"
+    config.loss.unlabelled = "ignore"  # heatmaps of unlabelled keypoints (v = 0): "ignore" or "negative" (README)
 
     config.data = ml_collections.ConfigDict()
     config.data.cache_dir = "~/.cache/hvpose/tfds"  # ArrayRecord cache (local or gs://)
@@ -102,6 +102,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.inference.flip_test = True  # average with the flipped crop (exactly aligned: crop sizes are 8n+1)
     config.inference.decoder = "hough"  # "hough" (the paper's voting) or "argmax_offset" (no voting, the baseline)
     config.inference.keypoint_threshold = 0.0  # keypoint probabilities above count in the instance score
+    config.inference.keypoint_average = "weighted"  # of those: "mean" or "weighted" (sum p^2 / sum p; README)
     config.inference.use_box_score = True  # multiply the instance score by the box score
     config.inference.oks_nms_threshold = 0.9  # OKS above which the lower-scoring duplicate is dropped
 
