@@ -20,7 +20,8 @@ def test_instance_scores_average_the_confident_keypoints_times_the_box_score():
     # Confidence-weighted: sum(p^2) / sum(p), e.g. (0.81 + 0.01 + 0.25) / 1.5 for the first row.
     np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.0, False, "weighted"),
                                [1.07 / 1.5, 0.1, 1.0])
-    np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.2, True, "weighted"), [0.5 * 1.06 / 1.4, 0, 0.8])
+    np.testing.assert_allclose(instance_scores(keypoint_scores, boxes, 0.2, True, "weighted"),
+                               [0.5 * 1.06 / 1.4, 0, 0.8])
 
 
 def test_settings_refuse_what_cannot_be_a_probability_threshold():
