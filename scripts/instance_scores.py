@@ -111,8 +111,10 @@ def main() -> None:
                                         config.inference.oks_nms_threshold)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    args.out.write_text(json.dumps({"script": "scripts/instance_scores.py", "commit": commit, "settings": vars(args),
-                                    "rows": rows}, indent=2, default=str) + "\n")
+    inputs = {"demo": "a configs/demo.py workdir" if args.demo else None,  # file names only: no machine's paths
+              "posenet": os.path.basename(args.posenet or ""), "coco": os.path.basename(args.coco)}
+    args.out.write_text(json.dumps({"script": "scripts/instance_scores.py", "commit": commit, "inputs": inputs,
+                                    "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
