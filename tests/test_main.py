@@ -95,3 +95,13 @@ def test_demo_config_given_a_users_files_trains_and_evaluates_on_exactly_those(t
     assert one_split.returncode == 1 and "Traceback" not in one_split.stderr
     assert one_split.stderr.strip().splitlines()[-1].startswith(
         "hvpose: error: config.data.val.annotations and config.data.val.images must name")
+
+
+@pytest.mark.slow
+def test_training_with_data_workers_ends_without_leaked_shared_memory(tmp_path):
+    """grain's worker processes hand batches over in shared memory; a run must release all of it (Python's
+    resource tracker otherwise warns about leaked shared_memory objects at exit)."""
+    flags = [f if "worker_count" not in f else "--config.data.worker_count=1" for f in TINY]
+    result = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", *flags, "--config.train.steps=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "leaked shared_memory" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -22,7 +22,7 @@ from hvpose import checkpoints, visualize
 from hvpose.data.coco import Detection, load_detections
 from hvpose.data.crops import check_crop_size
 from hvpose.data.images import decode_image
-from hvpose.data.pipeline import eval_loader, gt_boxes
+from hvpose.data.pipeline import close_loader, eval_loader, gt_boxes
 from hvpose.data.splits import prepare_split
 from hvpose.data.tfds_coco import PreparedDataset
 from hvpose.errors import ConfigError, DataError, configured
@@ -135,7 +135,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
                         settings, batch_size=config.eval.batch_size)
     loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
                             worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
-    people = pipeline.run(loader)
+    batches = iter(loader)
+    try:
+        people = pipeline.run(batches)
+    finally:
+        close_loader(batches)
     results = to_coco_results(people, prepared.dataset.category_id)
     image_ids = sorted({b.image_id for b in boxes}) if config.eval.max_boxes else None
     stats = coco_evaluate(prepared.dataset.raw, results, keypoint_set.sigmas, image_ids)

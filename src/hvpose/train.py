@@ -29,7 +29,7 @@ import optax
 from hvpose import checkpoints, sharding
 from hvpose.data.augment import Augmentation
 from hvpose.data.crops import check_crop_size
-from hvpose.data.pipeline import train_loader
+from hvpose.data.pipeline import close_loader, train_loader
 from hvpose.data.splits import prepare_split
 from hvpose.errors import ConfigError, NonFiniteLossError, configured
 from hvpose.metrics import MetricWriter
@@ -258,7 +258,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             manager.wait()
             manager.close()
             writer.close()
-            del data_iterator  # stops grain's worker processes now rather than at interpreter exit
+            batch = None  # JAX on CPU may alias the last batch's shared memory: let close_loader free it
+            close_loader(data_iterator)  # workers stopped and shared memory released now, not at interpreter exit
+            del data_iterator
     if evaluate_fn and step == config.train.steps:
         evaluate_fn({"params": state.params, "batch_stats": state.batch_stats}, step)
     return state

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 from typing import Any, Sequence
 
 import grain
@@ -145,6 +146,32 @@ class EvalCrop(grain.transforms.Map):
         decode = functools.partial(decode_image, element["image"], max_pixels=self.max_pixels)
         crop, crop_to_image = crop_box(decode, tuple(element["bbox"]), self.crop_size, self.enlarge)
         return {**out, "image": crop, "crop_to_image": crop_to_image}
+
+
+def close_loader(iterator: Any) -> None:
+    """Stops a loader's iterator now and releases its shared memory (idempotent; any `worker_count`).
+
+    Closes the grain pipeline (worker processes and prefetch threads; batches still in flight are unlinked), then
+    collects garbage, which also makes JAX drop host buffers it aliased without a copy (on CPU, batches given to
+    `jax.make_array_from_process_local_data`; the caller drops its own reference to the last batch first), and
+    waits for grain's background thread that unlinks the shared memory of deleted arrays, so a process that exits
+    right after loses none of those unlinks (otherwise Python's resource tracker reports them as leaked).
+
+    grain 0.2 has no public way to do this: `DataLoaderIterator` has no `close()` (the `DatasetIterator` it wraps
+    has one), and nothing waits for `SharedMemoryArray`'s unlink pool; a future public `close()` is preferred.
+    """
+    close = getattr(iterator, "close", None)
+    if close is None:
+        close = getattr(getattr(iterator, "_iterator", None), "close", None)
+    if close is not None:
+        close()
+    gc.collect()
+    pool = getattr(grain.multiprocessing.SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:  # one thread, tasks in order: once this one has run, the queued unlinks have too
+        try:
+            pool.apply(int)
+        except ValueError:  # already shut down (interpreter exit)
+            pass
 
 
 def _ensure_flags_parsed() -> None:
