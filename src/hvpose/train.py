@@ -112,17 +112,17 @@ def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: KeypointNet,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule, loss: dict[str, Any]
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               loss_settings: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a (global) batch of uint8 crops and keypoints; pure. A non-finite loss skips the update.
 
-    `loss` holds `total_loss`'s settings (`config.loss`).
+    `loss_settings` holds `total_loss`'s keywords (`config.loss`).
     """
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
         outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                        train=True, mutable=["batch_stats"])
-        terms = total_loss(outputs, batch["keypoints"], **loss)
+        terms = total_loss(outputs, batch["keypoints"], **loss_settings)
         return terms["loss"], (terms, updates["batch_stats"])
 
     (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -143,10 +143,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Keypoin
 
 
 def jit_train_step(model: KeypointNet, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                   loss: dict[str, Any], mesh: jax.sharding.Mesh, state: TrainState
+                   loss_settings: dict[str, Any], mesh: jax.sharding.Mesh, state: TrainState
                    ) -> Callable[..., tuple[TrainState, dict]]:
     """The train step jitted with explicit shardings and the state donated."""
-    step = jax.tree_util.Partial(train_step, model=model, optimizer=optimizer, schedule=schedule, loss=loss)
+    step = jax.tree_util.Partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
+                                 loss_settings=loss_settings)
     state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
@@ -196,8 +197,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     keypoint_set = prepared.dataset.keypoint_set
     model = configured(KeypointNet, config.model, "model", num_keypoints=keypoint_set.num_keypoints,
                        map_stride=config.loss.map_stride)
-    loss = config.loss.to_dict()
-    configured(check_loss_settings, loss, "loss")
+    loss_settings = config.loss.to_dict()
+    configured(check_loss_settings, loss_settings, "loss")
     optimizer, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
     mesh = sharding.make_mesh()
     if config.train.batch_size % jax.device_count():
@@ -219,7 +220,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                    sharding.replicated(mesh))
         else:
             log.warning("hvpose: resumed from step %d in %s", int(state.step), manager.directory)
-        step_fn = jit_train_step(model, optimizer, schedule, loss, mesh, state)
+        step_fn = jit_train_step(model, optimizer, schedule, loss_settings, mesh, state)
         writer = MetricWriter(workdir, total_steps=config.train.steps)
         step = int(state.step)
         window_start, window_crops = time.perf_counter(), 0
