@@ -1,14 +1,37 @@
-"""Shared fixtures: the real data beside the checkout (../shared/data) and a seeded numpy generator."""
+"""Shared fixtures: the real data beside the checkout (../shared/data) and a seeded numpy generator.
+
+Outside CI, a test whose real data or optional runtime is missing skips; in CI (`CI=true`, as `.ci/run` runs)
+the same absence fails the run, so a CI machine without them cannot pass by skipping.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skips the test, or fails it when running in CI."""
+    if IN_CI:
+        pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+def import_or_skip(name: str) -> ModuleType:
+    """The module, or a skip (a failure in CI) naming what is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_or_fail(f"optional runtime {name} is not installed ({error})")
+        raise  # unreachable: skip_or_fail raises
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +39,7 @@ def shared_data() -> pathlib.Path:
     """`../shared/data` (or $HVPOSE_SHARED_DATA): real COCO samples and weights, present in CI."""
     path = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not path.is_dir():
-        pytest.skip(f"real test data not found at {path} (set HVPOSE_SHARED_DATA)")
+        skip_or_fail(f"real test data not found at {path} (set HVPOSE_SHARED_DATA)")
     return path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import import_or_skip
 from hvpose.models.mobilenet import MobileNetPoseNet
 from hvpose.ops.voting import decode_argmax_offset
 from hvpose.pretrained import WeightFileError
@@ -188,7 +189,7 @@ def _decode_by_person(outputs, folder, check_scores=False):
 
 @pytest.fixture(scope="module")
 def coral(shared_data, posenet):
-    pytest.importorskip("ai_edge_litert")
+    import_or_skip("ai_edge_litert")
     folder = shared_data / CORAL
     image = np.asarray(Image.open(folder / "test_couple.jpg").convert("RGB").resize((481, 353), Image.NEAREST))
     reference = _Coral(folder, posenet[0].layers)
