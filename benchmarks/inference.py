@@ -16,6 +16,7 @@ Ratios are to the baseline row of the same network, since this machine's absolut
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -26,13 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import best_time, machine_info, write_results  # noqa: E402
-
-import hvpose  # noqa: E402
-from hvpose.inference import model_for_decoder, network_fn  # noqa: E402
-from hvpose.keypoints import COCO17  # noqa: E402
-from hvpose.models.keypoint_net import KeypointNet  # noqa: E402
-from hvpose.pretrained import load_posenet_tfjs  # noqa: E402
+import hvpose
+from hvpose.inference import model_for_decoder, network_fn
+from hvpose.keypoints import COCO17
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.pretrained import load_posenet_tfjs
+from machine import best_time, machine_info, write_results
 
 SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared"
                                      / "data"))
@@ -66,7 +66,7 @@ def main() -> None:
         for decoder, flip, on_grid in variants:
             network = model_for_decoder(model, decoder) if on_grid else model.clone(map_stride=1)
             infer = jax.jit(network_fn(network, COCO17.flip_permutation() if flip else None, 25.0, decoder))
-            seconds = best_time(lambda: infer(variables, crops), args.repeats)
+            seconds = best_time(functools.partial(infer, variables, crops), args.repeats)
             baseline = baseline or seconds
             rows.append({"what": "network", "network": name, "decoder": decoder + ("-grid" if on_grid else ""),
                          "flip_test": flip, "seconds": seconds, "crops_per_second": args.batch / seconds,

@@ -29,15 +29,20 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-
-from hvpose.data.augment import Augmentation, color_jitter, sample_geometry  # noqa: E402
-from hvpose.data.crops import CROP_SIZE, crop_transform, invert_transform, scale_for_reduction, \
-    transform_keypoints, warp  # noqa: E402
-from hvpose.data.images import decode_image, reduction_for_scale  # noqa: E402
-from hvpose.data.pipeline import TrainPersons, train_loader  # noqa: E402
-from hvpose.data.tfds_coco import prepare  # noqa: E402
-from hvpose.keypoints import COCO17  # noqa: E402
+from hvpose.data.augment import Augmentation, color_jitter, sample_geometry
+from hvpose.data.crops import (
+    CROP_SIZE,
+    crop_transform,
+    invert_transform,
+    scale_for_reduction,
+    transform_keypoints,
+    warp,
+)
+from hvpose.data.images import decode_image, reduction_for_scale
+from hvpose.data.pipeline import TrainPersons, close_loader, train_loader
+from hvpose.data.tfds_coco import prepare
+from hvpose.keypoints import COCO17
+from machine import machine_info
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,9 +83,9 @@ def library_times(persons: TrainPersons, count: int) -> dict[str, float]:
     augment = Augmentation()
     totals: dict[str, float] = {}
 
-    def timed(name: str, fn: Any) -> Any:
+    def timed(name: str, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
         return out
 
@@ -90,23 +95,27 @@ def library_times(persons: TrainPersons, count: int) -> dict[str, float]:
         matrix = crop_transform(geometry, CROP_SIZE)
         reduction = reduction_for_scale(CROP_SIZE[1] / geometry.size[0])
         data = element["image"]
-        full = timed("decode opencv full", lambda: decode_image(data, 1))
-        timed("decode opencv reduced", lambda: decode_image(data, reduction))
-        timed("decode pillow full", lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-
-        def pillow_draft() -> np.ndarray:
-            image = Image.open(io.BytesIO(data))
-            image.draft("RGB", (image.width // reduction, image.height // reduction))
-            return np.asarray(image.convert("RGB"))
-
-        timed("decode pillow draft", pillow_draft)
-        timed("warp opencv", lambda: warp(full, matrix, CROP_SIZE))
-        inverse = invert_transform(matrix)
-        pil_image = Image.fromarray(full)
-        timed("warp pillow", lambda: np.asarray(pil_image.transform(
-            (CROP_SIZE[1], CROP_SIZE[0]), Image.Transform.AFFINE, tuple(inverse.reshape(-1)),
-            Image.Resampling.BILINEAR)))
+        full = timed("decode opencv full", decode_image, data, 1)
+        timed("decode opencv reduced", decode_image, data, reduction)
+        timed("decode pillow full", pillow_decode, data, 1)
+        timed("decode pillow draft", pillow_decode, data, reduction)
+        timed("warp opencv", warp, full, matrix, CROP_SIZE)
+        timed("warp pillow", pillow_warp, Image.fromarray(full), invert_transform(matrix))
     return {key: value / count for key, value in totals.items()}
+
+
+def pillow_decode(data: bytes, reduction: int) -> np.ndarray:
+    """Pillow's decode, with its JPEG draft mode (DCT scaling) when `reduction` > 1."""
+    image = Image.open(io.BytesIO(data))
+    if reduction > 1:
+        image.draft("RGB", (image.width // reduction, image.height // reduction))
+    return np.asarray(image.convert("RGB"))
+
+
+def pillow_warp(image: Image.Image, crop_to_image: np.ndarray) -> np.ndarray:
+    """Pillow's bilinear affine warp (it takes the output -> input matrix)."""
+    return np.asarray(image.transform((CROP_SIZE[1], CROP_SIZE[0]), Image.Transform.AFFINE,
+                                      tuple(crop_to_image.reshape(-1)), Image.Resampling.BILINEAR))
 
 
 def loader_throughput(prepared: Any, workers: int, crops: int, batch: int = 16) -> float:
@@ -117,7 +126,9 @@ def loader_throughput(prepared: Any, workers: int, crops: int, batch: int = 16) 
     seen = 0
     while seen < crops:
         seen += len(next(iterator)["image"])
-    return seen / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    close_loader(iterator)
+    return seen / seconds
 
 
 def main() -> None:

@@ -9,8 +9,10 @@ import pathlib
 import platform
 import re
 import socket
+import subprocess
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -64,6 +66,18 @@ def write_results(out: pathlib.Path, benchmark: str, settings: dict[str, Any], m
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {key: value if isinstance(value, (int, float, bool, type(None))) else str(value)
                 for key, value in settings.items()}
-    out.write_text(json.dumps({"benchmark": benchmark, "config": settings | {"out": str(out)}, "machine": machine,
-                               "results": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"benchmark": benchmark, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
+                               "config": settings | {"out": out.name}, "machine": machine, "results": rows},
+                              indent=2) + "\n")
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether tracked files differed from it (a result of uncommitted code)."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain",
+                                                                                 "--untracked-files=no"))}
     print(f"wrote {os.path.relpath(out)}")

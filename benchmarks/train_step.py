@@ -23,12 +23,11 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import machine_info, write_results  # noqa: E402
-
-from hvpose import sharding  # noqa: E402
-from hvpose.data.crops import check_crop_size  # noqa: E402
-from hvpose.models.keypoint_net import KeypointNet  # noqa: E402
-from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer  # noqa: E402
+from hvpose import sharding
+from hvpose.data.crops import check_crop_size
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
+from machine import machine_info, write_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

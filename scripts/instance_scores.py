@@ -25,9 +25,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import os
 import pathlib
+import subprocess
 import tempfile
 
 import numpy as np
@@ -63,7 +63,7 @@ def score_rules(name, people, prepared, nms_threshold):
     for rule, (threshold, use_box, average) in RULES.items():
         scores = instance_scores(np.stack([p.keypoints[:, 2] for p in people]), np.array([p.box_score for p in people]),
                                  threshold, use_box, average)
-        rescored = [dataclasses.replace(p, score=float(s)) for p, s in zip(people, scores)]
+        rescored = [dataclasses.replace(p, score=float(s)) for p, s in zip(people, scores, strict=True)]
         kept = suppress(rescored, sigmas, nms_threshold)
         stats = coco_evaluate(prepared.dataset.raw, to_coco_results(kept, prepared.dataset.category_id), sigmas,
                               verbose=False)

@@ -6,8 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from hvpose.data.crops import (CROP_SIZE, CropGeometry, apply_transform, crop_transform, extend_box,
-                               invert_transform, render_crop, transform_keypoints, warp)
+from hvpose.data.crops import (
+    CROP_SIZE,
+    CropGeometry,
+    apply_transform,
+    crop_transform,
+    extend_box,
+    invert_transform,
+    render_crop,
+    transform_keypoints,
+    warp,
+)
 from hvpose.data.images import decode_image, reduction_for_scale
 
 

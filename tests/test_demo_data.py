@@ -27,7 +27,7 @@ def test_mirrored_scene_renders_as_the_flipped_image_with_swapped_labels():
         width = image.shape[1]
         assert np.abs(mirror_image.astype(int) - image[:, ::-1].astype(int)).mean() < 1.0
         assert len(people) == len(mirror_people)
-        for person, mirrored in zip(people, mirror_people):
+        for person, mirrored in zip(people, mirror_people, strict=True):
             a = np.array(person["keypoints"]).reshape(17, 3)
             b = np.array(mirrored["keypoints"]).reshape(17, 3)[COCO17.flip_permutation()]
             both = (a[:, 2] > 0) & (b[:, 2] > 0)

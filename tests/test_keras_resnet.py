@@ -9,11 +9,11 @@ import os
 
 os.environ["KERAS_BACKEND"] = "jax"  # the reference runs on JAX; TensorFlow is not a dependency
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import h5py
+import numpy as np
+import pytest
 
-from hvpose.pretrained import WeightFileError, load_keras_resnet  # noqa: E402
+from hvpose.pretrained import WeightFileError, load_keras_resnet
 
 pytestmark = pytest.mark.slow
 

@@ -90,7 +90,7 @@ def test_restored_iterator_yields_the_same_next_batch(coco):
 def test_worker_processes_give_the_same_elements_and_resume(coco):
     def epoch(workers):
         loader = train_loader(coco, 4, seed=1, num_epochs=1, worker_count=workers)
-        return {int(i): float(k.sum()) for b in loader for i, k in zip(b["person_id"], b["keypoints"])}
+        return {int(i): float(k.sum()) for b in loader for i, k in zip(b["person_id"], b["keypoints"], strict=True)}
 
     serial, parallel = epoch(0), epoch(2)
     # Each worker batches its own elements, so an epoch may drop a different remainder; the elements both saw

@@ -87,7 +87,7 @@ def test_a_box_source_finds_the_people_when_no_boxes_are_given(posenet_predictor
                                    box_source=detector)
     found, given = with_source(photo), posenet_predictor(photo, boxes)
     assert seen == [(429, 640, 3)] and len(found) == len(given) >= 3
-    for a, b in zip(found, given):
+    for a, b in zip(found, given, strict=True):
         assert a.box == b.box and a.score == b.score
         np.testing.assert_array_equal(a.keypoints, b.keypoints)
 
@@ -130,7 +130,7 @@ def test_evaluation_and_the_predictor_report_the_same_people(tmp_path):
         people = predictor(f"{prepared.images_dir}/{image.file_name}", boxes)
         reported = sorted((r for r in results if r["image_id"] == image.id), key=lambda r: -r["score"])
         assert len(people) == len(reported)
-        for person, result in zip(people, reported):
+        for person, result in zip(people, reported, strict=True):
             assert person.score == pytest.approx(result["score"], rel=1e-6)
             np.testing.assert_allclose(person.keypoints[:, :2].reshape(-1),
                                        np.reshape(result["keypoints"], (-1, 3))[:, :2].reshape(-1), atol=1e-3)

@@ -2,8 +2,8 @@
 
 import jax
 import jax.numpy as jnp
-import optax
 import numpy as np
+import optax
 import pytest
 
 from hvpose.targets import huber, keypoint_loss, make_targets, total_loss
@@ -54,7 +54,7 @@ def reference_loss(logits, offsets, keypoints, delta, scale, wh=4.0, wo=1.0, str
     bce = np.maximum(logits, 0) - logits * heat + np.log1p(np.exp(-np.abs(logits)))
     heatmap_loss = bce.mean()
     total, count = 0.0, 0
-    for index in zip(*np.nonzero(heat)):
+    for index in zip(*np.nonzero(heat), strict=True):
         e = np.linalg.norm(offsets[index].astype(np.float64) - target[index]) / scale
         d = delta / scale
         total += 0.5 * e * e / d if e <= d else e - 0.5 * d

@@ -29,7 +29,7 @@ def test_real_sample_converts_with_every_image_and_person(shared_data, tmp_path)
         assert example["image"] == (sample / "images" / prepared.dataset.image(image_id).file_name).read_bytes()
         people = prepared.dataset.persons[image_id]
         assert len(example["persons"]["keypoints"]) == len(people)
-        for stored, person in zip(example["persons"]["keypoints"], people):
+        for stored, person in zip(example["persons"]["keypoints"], people, strict=True):
             np.testing.assert_array_equal(stored, person.keypoints)
         assert [int(i) for i in example["persons"]["id"]] == [p.id for p in people]
 

@@ -16,8 +16,15 @@ from hvpose import sharding
 from hvpose.configs import demo
 from hvpose.errors import ConfigError
 from hvpose.models.keypoint_net import KeypointNet
-from hvpose.train import (NonFiniteLossError, TrainState, init_state, jit_train_step, learning_rate_schedule,
-                          make_optimizer, train)
+from hvpose.train import (
+    NonFiniteLossError,
+    TrainState,
+    init_state,
+    jit_train_step,
+    learning_rate_schedule,
+    make_optimizer,
+    train,
+)
 
 
 def tiny_config(workdir_steps=6):

@@ -16,9 +16,9 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
-from etils import epath
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
 
 from hvpose import sharding

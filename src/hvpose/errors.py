@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, WeightFileEr
 
 
 
-def configured(build: Callable[..., T], section: Mapping[str, Any], name: str, **extra: Any) -> T:
+def configured[T](build: Callable[..., T], section: Mapping[str, Any], name: str, **extra: Any) -> T:
     """`build(**section, **extra)`: a config section passed straight to what it configures, with an unknown
     field or a bad value reported as one ConfigError line naming `config.NAME`."""
     try:

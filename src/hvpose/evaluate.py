@@ -11,7 +11,8 @@ import copy
 import io
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -72,7 +73,7 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], s
         evaluator.summarize()
     if verbose and jax.process_index() == 0:
         print(summary.getvalue(), end="")
-    return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
+    return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats, strict=True)}
 
 
 def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score: float = 0.0) -> list[Detection]:

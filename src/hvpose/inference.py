@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hvpose import sharding
-from hvpose.data.crops import crop_box, check_crop_size
+from hvpose.data.crops import check_crop_size, crop_box
 from hvpose.data.images import decode_image, reduce_image
 from hvpose.keypoints import KeypointSet
 from hvpose.ops.flip import flip_back
@@ -208,7 +209,7 @@ class Pipeline:
                                  self.settings.use_box_score, self.settings.keypoint_average)
         return [PredictedPerson(box=tuple(float(v) for v in out["bbox"][i]), box_score=float(out["score"][i]),
                                 score=float(score), keypoints=keypoints[i], image_id=int(out["image_id"][i]))
-                for i, score in zip(valid, scores)]
+                for i, score in zip(valid, scores, strict=True)]
 
     def suppress(self, people: Sequence[PredictedPerson]) -> list[PredictedPerson]:
         """OKS-NMS per image with the keypoint set's sigmas and the settings' threshold."""

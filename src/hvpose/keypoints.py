@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class KeypointSet:
 
     @classmethod
     def from_category(cls, category: dict, flip_pairs: Sequence[Sequence[int]] | None = None,
-                      sigmas: Sequence[float] | None = None) -> "KeypointSet":
+                      sigmas: Sequence[float] | None = None) -> KeypointSet:
         """The set of a COCO-format category (`keypoints` names, 1-based `skeleton`).
 
         Flip pairs default to the names that differ only by a `left`/`right` token (`left_eye`/`right_eye`,

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
         else:
             evaluate_fn = None
             if FLAGS.mode == "train_and_eval":
-                def evaluate_fn(variables, step):  # noqa: E306
+                def evaluate_fn(variables, step):
                     return evaluate.evaluate(config, workdir, variables, step)
             train.train(config, workdir, evaluate_fn)
     except USER_ERRORS as error:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class Predictor:
         self.keypoint_set, self.draw_threshold, self.box_source = keypoint_set, draw_threshold, box_source
 
     @classmethod
-    def from_checkpoint(cls, path: str, step: int | None = None, **options: Any) -> "Predictor":
+    def from_checkpoint(cls, path: str, step: int | None = None, **options: Any) -> Predictor:
         """A trained hvpose model: `path` is a training workdir or its `checkpoints/` folder (local or gs://).
 
         Reads the config and keypoint set saved beside the checkpoints (`config.inference` becomes the settings);
@@ -82,7 +83,7 @@ class Predictor:
         return cls(model, variables, **{**settings, **options})
 
     @classmethod
-    def from_posenet_tfjs(cls, model_json: str, **options: Any) -> "Predictor":
+    def from_posenet_tfjs(cls, model_json: str, **options: Any) -> Predictor:
         """Google's PoseNet weights (a TF.js graph model's model.json).
 
         Decodes with argmax + offset by default, which PoseNet's offsets were trained for (the README compares it

@@ -17,14 +17,15 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
-from etils import epath
 import jax.numpy as jnp
 import ml_collections
 import optax
+from etils import epath
 
 from hvpose import checkpoints, sharding
 from hvpose.data.augment import Augmentation
@@ -160,7 +161,7 @@ class _StopSignal:
         self.received = False
         self._previous = None
 
-    def __enter__(self) -> "_StopSignal":
+    def __enter__(self) -> _StopSignal:
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread (e.g. notebooks running in a thread): no handler

@@ -15,7 +15,7 @@ box becomes a crop (`crop_box`, used by evaluation and the Predictor alike).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

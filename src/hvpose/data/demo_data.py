@@ -217,7 +217,7 @@ def render(scene: Scene) -> tuple[np.ndarray, list[dict]]:
         owner[mask > 127] = len(scene.persons)
 
     annotations = []
-    for index, (person, silhouette) in enumerate(zip(scene.persons, silhouettes)):
+    for index, (person, silhouette) in enumerate(zip(scene.persons, silhouettes, strict=True)):
         area = int(silhouette.sum())
         if area == 0:
             continue

@@ -18,17 +18,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
 
 from hvpose.data.augment import Augmentation, color_jitter, sample_geometry
-from hvpose.errors import DataError
 from hvpose.data.coco import Detection
 from hvpose.data.crops import CROP_SIZE, TEST_ENLARGE, crop_box, invert_transform, render_crop, transform_keypoints
 from hvpose.data.images import DEFAULT_MAX_PIXELS, decode_image
 from hvpose.data.tfds_coco import PreparedDataset
+from hvpose.errors import DataError
 
 
 class TrainPersons:

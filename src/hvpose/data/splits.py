@@ -8,7 +8,8 @@ line, never completed with other data.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hvpose.data.demo_data import ensure_demo_dataset
 from hvpose.data.tfds_coco import PreparedDataset, prepare

@@ -30,10 +30,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from hvpose.errors import DataError
 from hvpose.data.coco import KeypointDataset, load_coco_keypoints, resolve_image_path
 from hvpose.data.images import DEFAULT_MAX_PIXELS, image_size, read_image_file
-from hvpose.errors import ImageError
+from hvpose.errors import DataError, ImageError
 
 CONVERTER_VERSION = "1.0.0"
 REPORT_FILE = "hvpose_conversion.json"

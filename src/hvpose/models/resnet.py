@@ -173,7 +173,7 @@ class ResNet(nn.Module):
         previous_dilation = 1
         for stage, ((stride, dilation), blocks, width) in enumerate(
                 zip(stage_strides_and_dilations(self.output_stride), stages,
-                    [w * self.base_width // 64 for w in STAGE_WIDTHS])):
+                    [w * self.base_width // 64 for w in STAGE_WIDTHS], strict=True)):
             # When a stride is replaced by dilation, the block that would have strided sees the undecimated grid
             # before its 3x3 if the stride sat on that 3x3 (torchvision), so it keeps the previous dilation; with
             # the stride on the 1x1 (Keras) the 3x3 already works on the decimated grid and takes the new one.

@@ -19,7 +19,6 @@ import numpy as np
 from hvpose.errors import WeightFileError
 from hvpose.models.resnet import BOTTLENECK_STAGES, ResNet
 
-
 # hvpose submodule name -> Keras layer-name suffix, inside one bottleneck unit.
 _UNIT_LAYERS = {
     "conv1": "1_conv", "bn1": "1_bn", "conv2": "2_conv", "bn2": "2_bn", "conv3": "3_conv", "bn3": "3_bn",

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hvpose.models.mobilenet import ConvSpec, MobileNetPoseNet
 from hvpose.errors import WeightFileError
+from hvpose.models.mobilenet import ConvSpec, MobileNetPoseNet
 from hvpose.pretrained.tfjs import GraphModel, Node, read_graph_model
 
 _CONV_OPS = {"Conv2D": "conv", "DepthwiseConv2dNative": "depthwise"}

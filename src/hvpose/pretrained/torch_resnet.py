@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hvpose.models.resnet import BASIC_STAGES, BOTTLENECK_STAGES, ResNet
 from hvpose.errors import WeightFileError
+from hvpose.models.resnet import BASIC_STAGES, BOTTLENECK_STAGES, ResNet
 from hvpose.pretrained.keras_resnet import check_matches
-
 
 
 def _torch_layer_names(depth: int) -> dict[str, str]:
