@@ -69,6 +69,7 @@ def write_results(out: pathlib.Path, benchmark: str, settings: dict[str, Any], m
     out.write_text(json.dumps({"benchmark": benchmark, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
                                "config": settings | {"out": out.name}, "machine": machine, "results": rows},
                               indent=2) + "\n")
+    print(f"wrote {os.path.relpath(out)}")
 
 
 def code_version() -> dict[str, Any]:
@@ -80,4 +81,3 @@ def code_version() -> dict[str, Any]:
 
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain",
                                                                                  "--untracked-files=no"))}
-    print(f"wrote {os.path.relpath(out)}")
