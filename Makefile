@@ -3,7 +3,7 @@ VENV ?= .venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -16,6 +16,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 bench: setup
 	$(PY) benchmarks/voting.py
