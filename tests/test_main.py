@@ -76,6 +76,12 @@ def test_train_then_eval_from_the_command_line(tmp_path):
     assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} for r in results)
     assert all(0 <= r["score"] <= 1 for r in results)
     assert (tmp_path / "eval" / "predictions.png").stat().st_size > 1000
+    # A quick check on the first boxes only: COCOeval is restricted to their images.
+    first = run_main(config, "--workdir=run", "--mode=eval", *TINY, "--config.eval.max_boxes=2", timeout=600,
+                     cwd=tmp_path.parent)
+    assert first.returncode == 0 and "on 2 boxes" in first.stderr, first.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert 1 <= len({r["image_id"] for r in results}) <= 2 and len(results) <= 2
 
 
 @pytest.mark.slow

@@ -11,6 +11,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+from jax.experimental import multihost_utils
+
 from hvpose.data.demo_data import ensure_demo_dataset
 from hvpose.data.tfds_coco import PreparedDataset, prepare
 from hvpose.errors import ConfigError, DataError
@@ -50,7 +53,23 @@ def cache_dir(data: Mapping[str, Any], workdir: str) -> str:
 
 
 def prepare_split(data: Mapping[str, Any], split: str, workdir: str, seed: int = 0) -> PreparedDataset:
-    """The prepared `split` of `config.data` (converted to ArrayRecord on first use, reused after)."""
+    """The prepared `split` of `config.data` (converted to ArrayRecord on first use, reused after).
+
+    On several processes, process 0 writes (synthetic data, conversion) while the others wait, then they read
+    what it wrote: concurrent writers would race for the same cache folder.
+    """
+    if jax.process_count() == 1:
+        return _prepare_split(data, split, workdir, seed)
+    barrier = f"hvpose: prepare {split}"
+    if jax.process_index() == 0:
+        prepared = _prepare_split(data, split, workdir, seed)
+        multihost_utils.sync_global_devices(barrier)
+        return prepared
+    multihost_utils.sync_global_devices(barrier)
+    return _prepare_split(data, split, workdir, seed)
+
+
+def _prepare_split(data: Mapping[str, Any], split: str, workdir: str, seed: int) -> PreparedDataset:
     annotations, images = split_paths(data, split, workdir, seed)
     flip_pairs = None if data["flip_pairs"] is None else [tuple(p) for p in data["flip_pairs"]]
     sigmas = None if data["sigmas"] is None else list(data["sigmas"])
