@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from hvpose.data.coco import DataError, load_coco_keypoints, load_detections, resolve_image_path
@@ -62,7 +63,12 @@ def test_zero_or_missing_area_is_reported(tmp_path):
 def test_other_keypoint_set_from_category(tmp_path):
     dataset = load_coco_keypoints(write(tmp_path, minimal(num_keypoints=21)))
     assert dataset.keypoint_set.num_keypoints == 21
-    assert dataset.persons[1][0].keypoints.shape == (21, 3)
+    assert dataset.keypoint_set.names == tuple(f"k{i}" for i in range(21))  # the category's names, in order
+    person = dataset.persons[1][0]
+    assert person.keypoints.shape == (21, 3)
+    np.testing.assert_array_equal(person.keypoints[0], [10, 12, 2])  # read as (x, y, v) triples
+    np.testing.assert_array_equal(person.keypoints[1:], 0)
+    assert person.is_training_target
 
 
 def test_detections_are_validated(tmp_path, shared_data):

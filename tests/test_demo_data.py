@@ -58,7 +58,11 @@ def test_scenes_are_crowded_occluded_truncated_and_varied():
     assert np.percentile(heights, 90) / np.percentile(heights, 10) > 2.5
 
 
-def test_dataset_is_deterministic_valid_coco_and_trains(tmp_path):
+def test_dataset_is_deterministic_valid_coco_and_its_training_crops_tell_left_from_right(tmp_path):
+    """What makes the data learnable survives the training pipeline: left and right are told apart only by facing
+    (a person facing the camera, eyes labelled, has their left shoulder on the image's right; one seen from the
+    back, eyes unlabelled, on the image's left), so every training crop, flipped or not, must keep that rule. A
+    flip without the left/right swap breaks it in every flipped crop."""
     paths = ensure_demo_dataset(tmp_path / "a", num_train=12, num_val=4, seed=3)
     again = ensure_demo_dataset(tmp_path / "b", num_train=12, num_val=4, seed=3)
     assert json.loads(open(paths["train"]).read()) == json.loads(open(again["train"]).read())
@@ -67,5 +71,17 @@ def test_dataset_is_deterministic_valid_coco_and_trains(tmp_path):
     dataset = load_coco_keypoints(paths["val"])
     assert len(dataset.images) == 4 and dataset.warnings == []
     prepared = prepare(paths["train"], paths["images"], tmp_path / "cache")
-    batch = next(iter(train_loader(prepared, 4, seed=0)))
-    assert batch["image"].shape == (4, 353, 257, 3)
+    eyes = [NAMES.index("left_eye"), NAMES.index("right_eye")]
+    ears_and_shoulders = [NAMES.index("left_ear"), NAMES.index("right_ear"), L_SHOULDER, R_SHOULDER]
+    checked, flips, facing = 0, 0, set()
+    for batch in train_loader(prepared, 4, seed=0, num_epochs=2):
+        assert batch["image"].shape == (4, 353, 257, 3)
+        for keypoints, crop_to_image in zip(batch["keypoints"], batch["crop_to_image"], strict=True):
+            flips += np.linalg.det(crop_to_image[:, :2]) < 0
+            if not (keypoints[ears_and_shoulders, 2] > 0).all():
+                continue  # head or a shoulder cut off by the image border: eyes may be unlabelled for that
+            frontal = bool((keypoints[eyes, 2] > 0).any())
+            assert (keypoints[L_SHOULDER, 0] > keypoints[R_SHOULDER, 0]) == frontal
+            checked += 1
+            facing.add(frontal)
+    assert checked >= 20 and facing == {True, False} and flips >= 5

@@ -1,5 +1,7 @@
 """Evaluation pieces: COCOeval wrapper, OKS and OKS-NMS, flip alignment, the crop -> image chain."""
 
+import contextlib
+import io
 import json
 
 import jax
@@ -41,18 +43,53 @@ def test_cocoeval_wrapper_reproduces_known_answers(shared_data):
     np.testing.assert_allclose(list(stats.values()), expected, rtol=1e-12)
 
 
-def test_oks_matches_pycocotools(shared_data):
-    from pycocotools.cocoeval import COCOeval  # noqa: F401  (formula reference: COCOeval.computeOks)
+def pycocotools_oks(reference, others, area, scores):
+    """OKS as pycocotools computes it (`COCOeval.computeOks`), on a one-image COCO ground truth holding
+    `reference` (K, 3; visibility 0 leaves a keypoint out) and detections `others` (N, K, 2)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
+    x, y = reference[reference[:, 2] > 0, :2].min(0)
+    w, h = reference[reference[:, 2] > 0, :2].max(0) - (x, y)
+    ground_truth = COCO()
+    ground_truth.dataset = {
+        "images": [{"id": 1, "width": 640, "height": 480}],
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.names), "skeleton": []}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": area,
+                         "bbox": [float(x), float(y), float(w), float(h)],
+                         "num_keypoints": int((reference[:, 2] > 0).sum()),
+                         "keypoints": reference.reshape(-1).tolist()}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth.createIndex()
+        detections = ground_truth.loadRes([
+            {"image_id": 1, "category_id": 1, "score": float(score),
+             "keypoints": np.concatenate([points, np.ones((len(points), 1))], 1).reshape(-1).tolist()}
+            for points, score in zip(others, scores, strict=True)])
+        evaluation = COCOeval(ground_truth, detections, "keypoints")
+        evaluation.params.kpt_oks_sigmas = np.asarray(COCO17.sigmas)
+        evaluation.evaluate()  # prepares the per-image ground truth and detections computeOks reads
+    return np.asarray(evaluation.computeOks(1, 1))[:, 0]  # (detections sorted by score) x (one ground truth)
+
+
+def test_oks_matches_pycocotools():
     rng = np.random.default_rng(0)
-    reference = np.concatenate([rng.uniform(0, 100, (17, 2)), np.full((17, 1), 2.0)], 1)
-    others = reference[None, :, :2] + rng.normal(0, 3, (5, 17, 2))
+    reference = np.concatenate([rng.uniform(100, 300, (17, 2)), np.full((17, 1), 2.0)], 1)
+    others = reference[None, :, :2] + rng.normal(0, 3, (5, 17, 2)) * rng.uniform(0.3, 3, (5, 1, 1))
+    scores = np.linspace(0.9, 0.5, 5)  # descending: pycocotools orders detections by score
     area = 2500.0
-    variances = (2 * np.asarray(COCO17.sigmas)) ** 2
-    d2 = ((others - reference[None, :, :2]) ** 2).sum(-1)
-    expected = np.exp(-d2 / variances / (area + np.spacing(1)) / 2).mean(-1)
+    expected = pycocotools_oks(reference, others, area, scores)
+    assert expected.min() < 0.5 < expected.max()  # from near-duplicates to clearly different people
+    # float64 on both sides: measured relative difference 2e-16. The smallest defect to catch, a wrong constant
+    # (no factor 2 in the denominator; sigma instead of 2 sigma), changes the values by 34% (64%).
     np.testing.assert_allclose(oks(reference, others, area, np.asarray(COCO17.sigmas)), expected, rtol=1e-9)
     assert oks(reference, reference[None], area, np.asarray(COCO17.sigmas))[0] == pytest.approx(1.0)
+    # pycocotools counts only labelled ground-truth keypoints: `oks` on those alone agrees (as test_predict uses it).
+    labelled = rng.random(17) < 0.6
+    partial = reference.copy()
+    partial[~labelled] = 0
+    expected = pycocotools_oks(partial, others, area, scores)
+    got = oks(reference[labelled], others[:, labelled], area, np.asarray(COCO17.sigmas)[labelled])
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
 
 
 def test_oks_nms_keeps_the_best_of_duplicates_and_distinct_people():
@@ -101,9 +138,22 @@ def test_flip_back_of_ideal_maps_recovers_the_keypoints():
     np.testing.assert_allclose(decode(hough_vote(heat, offsets, radius))[0, :, :2], keypoints[0, :, :2])
 
 
+def definition_crop_point(box, point):
+    """Where image `point` (x, y) lands in the 353x257 test-time crop of `box` (x, y, w, h), written out from the
+    crop definition (`hvpose.data.crops` module docstring), not computed by it: the box is extended in width or
+    height to the crop's aspect ratio 353:257, enlarged 1.25x about its centre, and its centre goes to the crop
+    centre ((257 - 1) / 2, (353 - 1) / 2) with 257 crop pixels across the extended, enlarged width."""
+    x, y, w, h = box
+    extended_width = w if h <= w * 353 / 257 else h * 257 / 353
+    scale = 257 / (1.25 * extended_width)
+    return np.array([128.0, 176.0]) + (np.asarray(point) - [x + w / 2, y + h / 2]) * scale
+
+
 def test_eval_chain_with_ideal_maps_scores_ap_1(shared_data, tmp_path):
     """Crops of GT boxes -> ideal heatmaps/offsets of the GT keypoints in each crop -> voting -> decoding ->
-    image coordinates -> rescoring -> OKS-NMS -> COCOeval: everything except the network."""
+    image coordinates -> rescoring -> OKS-NMS -> COCOeval: everything except the network. Where each GT keypoint
+    lies in its crop comes from the crop definition, so a wrong enlargement or crop centre in the pipeline moves
+    the decoded keypoints off the ground truth instead of cancelling out."""
     sample = shared_data / "coco_sample"
     prepared = prepare(sample / "test_coco.json", sample / "images", tmp_path)
     boxes = gt_boxes(prepared)
@@ -115,11 +165,14 @@ def test_eval_chain_with_ideal_maps_scores_ap_1(shared_data, tmp_path):
             person = next(persons)
             assert person.image_id == batch["image_id"][i]
             np.testing.assert_allclose(batch["bbox"][i], person.bbox, rtol=1e-6)
-            image_to_crop = np.linalg.inv(np.vstack([batch["crop_to_image"][i], [0, 0, 1]]))[:2]
             crop_keypoints = person.keypoints.copy()
             labelled = crop_keypoints[:, 2] > 0
-            crop_keypoints[labelled, :2] = (crop_keypoints[labelled, :2] @ image_to_crop[:, :2].T
-                                            + image_to_crop[:, 2])
+            crop_keypoints[labelled, :2] = definition_crop_point(person.bbox, crop_keypoints[labelled, :2])
+            # The pipeline's crop -> image matrix takes them back to the ground truth: float32 matrices on
+            # 640-pixel images, measured error 4e-5 px. The smallest defects to catch, a crop centre off by one
+            # pixel or an enlargement of 1.2 instead of 1.25, move keypoints by >= 1 px (up to ~20 px).
+            back = to_image(crop_keypoints[None].astype(np.float64), batch["crop_to_image"][i:i + 1])[0]
+            np.testing.assert_allclose(back[labelled, :2], person.keypoints[labelled, :2], atol=0.01)
             targets = make_targets(crop_keypoints[None], (353, 257), 25.0)
             decoded = np.asarray(decode(hough_vote(targets["heatmaps"], targets["offsets"], 25.0)))
             image_keypoints = to_image(decoded.astype(np.float64), batch["crop_to_image"][i:i + 1])[0]

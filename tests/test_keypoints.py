@@ -53,8 +53,14 @@ def test_other_keypoint_sets_infer_flip_pairs_and_take_config_values():
     body = {"keypoints": ["head", "l_hand", "r_hand", "Left-Foot", "Right-Foot"], "skeleton": []}
     body_set = keypoints.KeypointSet.from_category(body, sigmas=[0.1] * 5)
     assert set(body_set.flip_pairs) == {(1, 2), (3, 4)}
+    assert body_set.sigmas == (0.1,) * 5 and body_set.names == tuple(body["keypoints"])
     np.testing.assert_array_equal(body_set.flip_permutation(), [0, 2, 1, 4, 3])
+    # Flipping with the inferred pairs (image 100 px wide): index 1 (l_hand) takes the mirror of r_hand (60 -> 39).
+    points = np.array([[50.0, 10], [40, 30], [60, 30], [45, 90], [55, 90]])
+    mirrored = np.stack([99 - points[:, 0], points[:, 1]], 1)[body_set.flip_permutation()]
+    np.testing.assert_array_equal(mirrored, [[49, 10], [39, 30], [59, 30], [44, 90], [54, 90]])
     assert keypoints.KeypointSet.from_category(body, flip_pairs=[]).flip_pairs == ()
+    assert keypoints.KeypointSet.from_category(body, flip_pairs=[[3, 4]]).flip_pairs == ((3, 4),)
 
 
 def test_inconsistent_keypoint_sets_are_refused():

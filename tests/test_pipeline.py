@@ -1,4 +1,5 @@
-"""grain pipelines on the real COCO sample and on another keypoint set: crops, round trips, resumption, sharding."""
+"""grain pipelines on the real COCO sample and on another keypoint set: crops checked against drawn markers and
+the crop definition, resumption, sharding."""
 
 import json
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from hvpose.data.augment import Augmentation
 from hvpose.data.coco import load_detections
 from hvpose.data.crops import apply_transform
-from hvpose.data.pipeline import TrainCrop, TrainPersons, eval_loader, gt_boxes, train_loader
+from hvpose.data.pipeline import EvalCrop, TrainCrop, TrainPersons, eval_loader, gt_boxes, train_loader
 from hvpose.data.tfds_coco import prepare
 from hvpose.keypoints import COCO17
 from hvpose.sharding import global_batch
@@ -31,26 +32,158 @@ def annotated(prepared):
 
 @pytest.mark.parametrize("augment", [Augmentation(flip=False), Augmentation(rotation=40, scale_jitter=0.3,
                                                                            color_jitter=0.4)])
-def test_every_labelled_person_yields_a_crop_and_keypoints_round_trip(coco, augment):
+def test_every_labelled_person_of_real_coco_yields_a_crop(coco, augment):
+    """One crop per training person, visibility flags carried (permuted in flipped crops); where the crop content
+    sits is checked against drawn markers below."""
     loader = train_loader(coco, 1, seed=3, augment=augment, num_epochs=1)
     persons = annotated(coco)
     seen, flips = [], 0
     for batch in loader:
         assert batch["image"].shape == (1, 353, 257, 3) and batch["image"].dtype == np.uint8
         person = persons[int(batch["person_id"][0])]
-        keypoints = batch["keypoints"][0]
-        back = apply_transform(batch["crop_to_image"][0].astype(np.float64), keypoints[:, :2])
+        visibility = batch["keypoints"][0, :, 2]
         if np.linalg.det(batch["crop_to_image"][0, :, :2]) < 0:  # flipped: index k holds the mirror joint
             flips += 1
-            back, keypoints = back[COCO17.flip_permutation()], keypoints[COCO17.flip_permutation()]
-        labelled = person.keypoints[:, 2] > 0
-        np.testing.assert_array_equal(keypoints[:, 2], person.keypoints[:, 2])
-        np.testing.assert_allclose(back[labelled], person.keypoints[labelled, :2], atol=0.5)
+            visibility = visibility[COCO17.flip_permutation()]
+        np.testing.assert_array_equal(visibility, person.keypoints[:, 2])
         seen.append(person.id)
     assert sorted(seen) == sorted(p.id for p in persons.values() if p.is_training_target)
     assert len(seen) == 12
     if augment.flip:
         assert 0 < flips < 12
+
+
+# A synthetic person: joints drawn as coloured blobs at known image points (left joints red, right joints blue,
+# the nose green) and a white blob at the box centre. Independent of any crop matrix: the crops must show each
+# blob where the returned keypoints (and `crop_to_image`) say, and the box centre at the crop centre.
+MARKED = {"nose": (310.0, 120.0), "right_shoulder": (285.0, 160.5), "left_shoulder": (350.5, 165.0),
+          "left_wrist": (375.0, 265.0), "right_knee": (290.25, 320.0), "left_ankle": (345.0, 370.75)}
+BOX = (240.0, 90.0, 160.0, 300.0)  # (x, y, w, h): tall, so the crop's 353 rows span 300 * enlargement pixels
+RED, GREEN, BLUE = 0, 1, 2
+
+
+def side_channel(name):
+    return RED if name.startswith("left_") else BLUE if name.startswith("right_") else GREEN
+
+
+def draw_blobs(size, blobs, sigma):
+    """RGB uint8 image of Gaussian blobs: ((x, y), channels) each, channels a list of RGB indices lit."""
+    image = np.zeros((*size, 3), np.float64)
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    for (x, y), channels in blobs:
+        image[..., channels] += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))[..., None]
+    return (255 * np.clip(image, 0, 1)).astype(np.uint8)
+
+
+def marked_person(zoom=1.0):
+    """(PNG bytes, box, (17, 3) keypoints) of the marked person, the whole scene scaled by `zoom`."""
+    blobs = [((zoom * x, zoom * y), [side_channel(name)]) for name, (x, y) in MARKED.items()]
+    center = (zoom * (BOX[0] + BOX[2] / 2), zoom * (BOX[1] + BOX[3] / 2))
+    image = draw_blobs((int(480 * zoom), int(640 * zoom)), blobs + [(center, [RED, GREEN, BLUE])], sigma=2.0 * zoom)
+    encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+    keypoints = np.zeros((17, 3), np.float32)
+    for name, (x, y) in MARKED.items():
+        keypoints[COCO17.names.index(name)] = (zoom * x, zoom * y, 2)
+    return encoded, tuple(zoom * v for v in BOX), keypoints
+
+
+def centroid(crop, near, radius=6):
+    """Intensity-weighted centre of the blob near `near` in channel 0 of `crop` (as in test_crops)."""
+    x0, y0 = int(round(near[0])), int(round(near[1]))
+    window = crop[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1, 0].astype(np.float64)
+    window = np.where(window > 0.2 * window.max(), window, 0)
+    ys, xs = np.mgrid[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
+    return np.array([(xs * window).sum(), (ys * window).sum()]) / window.sum()
+
+
+def assert_blob_at(crop, point, atol, channel=None):
+    """A blob is centred at crop point `point` (lit only in `channel` when given); returns its measured centre."""
+    found = centroid(crop[..., [RED if channel is None else channel]], point)
+    np.testing.assert_allclose(found, point, atol=atol)
+    x, y = np.round(point).astype(int)
+    peak = crop[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).max(axis=0).astype(float)
+    if channel is None:
+        assert peak.min() > 100, peak  # white
+    else:
+        others = [c for c in range(3) if c != channel]
+        assert peak[channel] > 100 and peak[channel] > 3 * peak[others].max(), (channel, peak)
+    return found
+
+
+@pytest.mark.parametrize("zoom, augment", [
+    (1.0, Augmentation(flip=True)),  # the paper's: enlargement 1.0-1.5, flips
+    (1.0, Augmentation(rotation=40, rotation_probability=1.0, scale_jitter=0.3, color_jitter=0.4)),
+    (3.0, Augmentation(flip=True)),  # 900-pixel person: the image is decoded at half size
+])
+def test_train_crops_show_each_marked_joint_where_its_keypoint_says(zoom, augment):
+    encoded, box, keypoints = marked_person(zoom)
+    element = {"image": encoded, "bbox": np.asarray(box, np.float32), "keypoints": keypoints,
+               "image_id": np.int64(1), "person_id": np.int64(1)}
+    permutation = COCO17.flip_permutation()
+    crop_fn = TrainCrop(augment, permutation)
+    flips, checked = 0, 0
+    # Measured: blob centres agree with the keypoints to 0.1 crop px at most (0.06 typical). The smallest defects
+    # to catch: a half-pixel slip in the mapping (the reduced-decode pixel centres, say), a crop centre off by a
+    # pixel, an unpermuted flip (the blob there has the other side's colour).
+    atol = 0.15
+    for seed in range(8):
+        out = crop_fn.random_map(element, np.random.default_rng(seed))
+        crop, crop_to_image = out["image"], out["crop_to_image"].astype(np.float64)
+        flipped = np.linalg.det(crop_to_image[:, :2]) < 0
+        flips += flipped
+        # The box centre lands on the crop centre ((W-1)/2, (H-1)/2), whatever the enlargement, rotation and flip.
+        assert_blob_at(crop, (128.0, 176.0), atol)
+        found = {}
+        for j in np.nonzero(out["keypoints"][:, 2])[0]:
+            source = COCO17.names[permutation[j] if flipped else j]  # flipped: index j holds the mirror joint
+            assert source in MARKED
+            x, y = out["keypoints"][j, :2]
+            if not (8 <= x <= 248 and 8 <= y <= 344):  # rotated or zoomed out of the crop (with its blob)
+                continue
+            found[source] = assert_blob_at(crop, out["keypoints"][j, :2], atol, side_channel(source))
+            image_point = apply_transform(crop_to_image, found[source])
+            scale = np.sqrt(abs(np.linalg.det(crop_to_image[:, :2])))  # image pixels per crop pixel
+            np.testing.assert_allclose(image_point, zoom * np.asarray(MARKED[source]), atol=atol * scale)
+        checked += len(found)
+        if not augment.scale_jitter:
+            assert set(found) == set(MARKED)  # without zoom jitter every joint stays inside the crop
+            # 353 crop rows span the box height times the enlargement, uniform in [1.0, 1.5].
+            crop_distance = np.linalg.norm(found["nose"] - found["left_ankle"])
+            image_distance = zoom * np.linalg.norm(np.subtract(MARKED["nose"], MARKED["left_ankle"]))
+            enlargement = 353 / (box[3] * crop_distance / image_distance)
+            assert 1.0 - 1e-3 <= enlargement <= 1.5 + 1e-3, enlargement
+    assert checked >= 8 * len(MARKED) * 3 // 4
+    if augment.flip:
+        assert 0 < flips < 8
+
+
+@pytest.mark.parametrize("box", [(240.0, 90.0, 160.0, 300.0), (40.0, 150.0, 500.0, 200.0), (40.0, 50.0, 330.0, 900.0)])
+def test_eval_crops_frame_the_box_as_the_crop_geometry_defines(box):
+    """Test-time crop of a box with blobs drawn at its centre and corners: the box, extended to the 353:257 aspect
+    and enlarged 1.25x about its centre, fills the crop, so each corner sits at the crop centre plus its offset
+    from the box centre times 257 / (1.25 * extended width); `crop_to_image` maps each blob back to its point.
+
+    Boxes: tall (extended in width), wide (extended in height) and a 900-pixel tall one; the last two are read
+    from the image decoded at half size."""
+    x, y, w, h = box
+    center = np.array([x + w / 2, y + h / 2])
+    corners = np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]])
+    size = (int(y + h + 60), int(x + w + 60))
+    sigma = max(2.0, h / 150)  # blobs at least ~2 crop pixels wide
+    image = draw_blobs(size, [(tuple(p), [RED, GREEN, BLUE]) for p in [center, *corners]], sigma)
+    encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+    out = EvalCrop().map({"image": encoded, "bbox": np.asarray(box, np.float32), "score": np.float32(1),
+                          "image_id": np.int64(1), "valid": np.bool_(True)})
+    extended_width = max(w, h * 257 / 353)  # the crop's aspect ratio H:W = 353:257
+    scale = 257 / (1.25 * extended_width)  # crop pixels per image pixel at the test-time enlargement 1.25
+    crop_center = np.array([(257 - 1) / 2, (353 - 1) / 2])
+    crop_to_image = out["crop_to_image"].astype(np.float64)
+    for point in [center, *corners]:
+        expected = crop_center + (point - center) * scale
+        # Measured: 0.08 crop px at most. The smallest defects to catch: a 1-pixel shift of the crop centre, or an
+        # enlargement of 1.2 instead of 1.25 (which moves the corners by 2-6 crop pixels).
+        found = assert_blob_at(out["image"], expected, atol=0.15)
+        np.testing.assert_allclose(apply_transform(crop_to_image, found), point, atol=0.15 / scale)
 
 
 def test_flip_swaps_left_and_right_joints(coco):
@@ -132,8 +265,23 @@ def test_another_keypoint_set_flows_through(tmp_path):
     prepared = prepare(tmp_path / "hands.json", images, tmp_path / "cache", sigmas=[0.03] * 21)
     assert prepared.dataset.keypoint_set.flip_pairs == tuple((1 + i, 11 + i) for i in range(10))
     assert prepared.dataset.keypoint_set.sigmas == (0.03,) * 21
-    batch = next(iter(train_loader(prepared, 2, seed=0)))
-    assert batch["keypoints"].shape == (2, 21, 3)
+    # Where each keypoint must land, from the crop definition: the wide box (10, 20, 140, 80) keeps its width,
+    # enlarged 1.25x, as the crop's 257 columns; its centre (80, 60) goes to the crop centre (128, 176).
+    scale = 257 / (1.25 * 140)
+    plain = np.stack([128 + (points[:, 0] - 80) * scale, 176 + (points[:, 1] - 60) * scale], axis=1)
+    mirror_of = np.array([0] + [11 + i for i in range(10)] + [1 + i for i in range(10)])  # l_i <-> r_i
+    flipped = np.stack([256 - plain[mirror_of, 0], plain[mirror_of, 1]], axis=1)
+    loader = train_loader(prepared, 2, seed=0, augment=Augmentation(flip=True, enlarge=(1.25, 1.25)), num_epochs=8)
+    flips = 0
+    for batch in loader:
+        assert batch["keypoints"].shape == (2, 21, 3)
+        for keypoints, crop_to_image in zip(batch["keypoints"], batch["crop_to_image"], strict=True):
+            is_flipped = np.linalg.det(crop_to_image[:, :2]) < 0
+            flips += is_flipped
+            # float32 keypoints: measured error ~1e-5 px; a wrong pair (l_3 <-> r_4) is off by 8.8 px.
+            np.testing.assert_allclose(keypoints[:, :2], flipped if is_flipped else plain, atol=1e-3)
+            np.testing.assert_array_equal(keypoints[:, 2], 2)
+    assert 0 < flips < 8
 
 
 def test_global_batch_is_sharded_over_the_data_axis(coco):

@@ -21,19 +21,28 @@ def evaluate_posenet(tmp_path, shared_data, *overrides):
     return json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
+# Bounds from the README's measured table (keypoint AP on the 12 people of the real COCO sample, flip test on).
+# Each sits just under the measured value and above the smallest real defect it must catch; one of the 12 people
+# moves AP by several points, so the bounds leave ~0.015 for numerics (other CPUs, GPUs), no more.
 @pytest.mark.slow
-@pytest.mark.parametrize("decoder", ["hough", "argmax_offset"])
-def test_posenet_on_real_coco_with_ground_truth_boxes(tmp_path, shared_data, decoder):
+@pytest.mark.parametrize("decoder, least_ap", [
+    ("hough", 0.39),  # measured 0.405; without the flip test 0.376
+    ("argmax_offset", 0.44),  # measured 0.465; without the flip test 0.332, Hough voting instead 0.405
+])
+def test_posenet_on_real_coco_with_ground_truth_boxes(tmp_path, shared_data, decoder, least_ap):
     metrics = evaluate_posenet(tmp_path, shared_data, f"--config.inference.decoder={decoder}")
-    assert metrics["AP"] >= 0.35, metrics
+    assert metrics["AP"] >= least_ap, metrics
     assert (tmp_path / "eval" / "predictions.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
 def test_posenet_on_real_coco_with_detector_boxes(tmp_path, shared_data):
+    """118 real detector boxes: measured AP 0.398 (Hough voting, flip test). The smallest real defect to catch,
+    instance scores without the box score, gives 0.325 (README "Instance scores"); the flip test cannot be told
+    apart here (0.420 without it, within what one person moves)."""
     boxes = shared_data / "coco_sample" / "test_coco_det_AP_H_56.json"
     metrics = evaluate_posenet(tmp_path, shared_data, f"--config.data.val.boxes={boxes}")
-    assert metrics["AP"] >= 0.25, metrics
+    assert metrics["AP"] >= 0.37, metrics
 
 
 def test_posenet_needs_a_readable_model(tmp_path, shared_data):

@@ -158,9 +158,9 @@ def read_boxes(path: str, image_id: int | None = None) -> np.ndarray:
         elif len(ids) > 1:
             raise ValueError(f"{path}: boxes of {len(ids)} images; choose one with --image_id")
         entries = [[*entry["bbox"], entry.get("score", 1.0)] for entry in entries]
-    boxes = [list(map(float, entry)) + [1.0] * (5 - len(entry)) for entry in entries]
-    if any(len(box) != 5 for box in boxes):
+    if any(not isinstance(entry, list) or len(entry) not in (4, 5) for entry in entries):
         raise ValueError(f"{path}: each box must be [x, y, w, h] or [x, y, w, h, score]")
+    boxes = [list(map(float, entry)) + [1.0] * (5 - len(entry)) for entry in entries]
     try:
         return as_boxes(np.asarray(boxes, np.float64).reshape(-1, 5))
     except ValueError as error:
