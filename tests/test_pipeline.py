@@ -14,7 +14,7 @@ import pytest
 from hvpose.data.augment import Augmentation
 from hvpose.data.coco import load_detections
 from hvpose.data.crops import apply_transform
-from hvpose.data.pipeline import EvalCrop, TrainCrop, TrainPersons, eval_loader, gt_boxes, train_loader
+from hvpose.data.pipeline import EvalCrop, TrainCrop, TrainPersons, close_loader, eval_loader, gt_boxes, train_loader
 from hvpose.data.tfds_coco import prepare
 from hvpose.keypoints import COCO17
 from hvpose.sharding import global_batch
@@ -237,6 +237,8 @@ def test_worker_processes_give_the_same_elements_and_resume(coco):
     resumed = iter(train_loader(coco, 4, seed=1, worker_count=2))
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
+    for open_iterator in (iterator, resumed):  # workers stopped and shared memory released now, not at some GC
+        close_loader(open_iterator)
 
 
 def test_eval_crops_from_ground_truth_and_detections_are_padded_batches(coco, shared_data):
