@@ -18,6 +18,7 @@ from hvpose.data.pipeline import EvalCrop, TrainCrop, TrainPersons, close_loader
 from hvpose.data.tfds_coco import prepare
 from hvpose.keypoints import COCO17
 from hvpose.sharding import global_batch
+from test_crops import centroid
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +86,6 @@ def marked_person(zoom=1.0):
     for name, (x, y) in MARKED.items():
         keypoints[COCO17.names.index(name)] = (zoom * x, zoom * y, 2)
     return encoded, tuple(zoom * v for v in BOX), keypoints
-
-
-def centroid(crop, near, radius=6):
-    """Intensity-weighted centre of the blob near `near` in channel 0 of `crop` (as in test_crops)."""
-    x0, y0 = int(round(near[0])), int(round(near[1]))
-    window = crop[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1, 0].astype(np.float64)
-    window = np.where(window > 0.2 * window.max(), window, 0)
-    ys, xs = np.mgrid[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
-    return np.array([(xs * window).sum(), (ys * window).sum()]) / window.sum()
 
 
 def assert_blob_at(crop, point, atol, channel=None):
