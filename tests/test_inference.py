@@ -6,6 +6,7 @@ import pytest
 from hvpose.data.coco import Detection
 from hvpose.data.pipeline import gt_boxes
 from hvpose.data.tfds_coco import prepare
+from hvpose.errors import ConfigError
 from hvpose.evaluate import dataset_boxes
 from hvpose.inference import InferenceSettings, PredictedPerson, as_boxes, instance_scores, suppress
 from hvpose.keypoints import COCO17
@@ -73,3 +74,11 @@ def test_a_callable_box_source_is_called_on_every_image(shared_data, tmp_path):
     found = dataset_boxes(detector, prepared)
     assert found == [Detection(b.image_id, b.bbox, 0.75) for b in gt_boxes(prepared)]
     assert dataset_boxes(lambda image: np.zeros((0, 5)), prepared) == []  # an image without people
+
+
+@pytest.mark.parametrize("source", ["detector", "posenet"])
+def test_box_sources_not_built_yet_are_refused_in_one_line(shared_data, tmp_path, source):
+    sample = shared_data / "coco_sample"
+    prepared = prepare(sample / "test_coco.json", sample / "images", tmp_path)
+    with pytest.raises(ConfigError, match=f"config.data.val.boxes: '{source}' is not available yet"):
+        dataset_boxes(source, prepared)
