@@ -91,16 +91,22 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     - `data.augment.enlarge_min`/`enlarge_max` became the range `data.augment.enlarge`;
     - the evaluation settings of the inference pipeline moved from `eval` to `inference`, and
       `eval.voting_radius` is gone (voting uses `loss.radius`, the same R);
+    - `task` (the detector came with it) is "keypoints", `data.val.detector_workdir` and
+      `data.synthetic.root` are empty;
     - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder) get the value that
       older versions used implicitly.
     """
     config = copy.deepcopy(saved)
+    if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
+        return config
     model, loss, train, evaluation = config["model"], config["loss"], config["train"], config["eval"]
     if "compute_dtype" in model:
         model["dtype"] = model.pop("compute_dtype")
     model.setdefault("bn_epsilon", 1.001e-5)
     loss.setdefault("unlabelled", "negative")
     train.setdefault("schedule", "step")
+    config["data"]["val"].setdefault("detector_workdir", "")
+    config["data"]["synthetic"].setdefault("root", "")
     augment = config["data"]["augment"]
     if "enlarge_min" in augment:
         augment["enlarge"] = [augment.pop("enlarge_min"), augment.pop("enlarge_max")]

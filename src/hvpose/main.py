@@ -1,4 +1,4 @@
-"""hvpose's entry point: train and/or evaluate the keypoint network from an ml_collections config.
+"""hvpose's entry point: train and/or evaluate the keypoint network or the person detector (`config.task`).
 
     python -m hvpose.main --config=configs/coco.py[:VARIANT] --workdir=DIR [--mode=train|eval|train_and_eval]
         [--config.KEY=VALUE ...]
@@ -66,14 +66,20 @@ def main(argv: list[str]) -> None:
     from hvpose.errors import USER_ERRORS
 
     config, workdir = FLAGS.config, FLAGS.workdir
+    if config.get("task", "keypoints") == "detection":
+        from hvpose import detector
+
+        evaluate_checkpoint, evaluate_variables = detector.evaluate_detector_checkpoint, detector.evaluate_detector
+    else:
+        evaluate_checkpoint, evaluate_variables = evaluate.evaluate_checkpoint, evaluate.evaluate
     try:
         if FLAGS.mode == "eval":
-            evaluate.evaluate_checkpoint(config, workdir)
+            evaluate_checkpoint(config, workdir)
         else:
             evaluate_fn = None
             if FLAGS.mode == "train_and_eval":
                 def evaluate_fn(variables, step):
-                    return evaluate.evaluate(config, workdir, variables, step)
+                    return evaluate_variables(config, workdir, variables, step)
             train.train(config, workdir, evaluate_fn)
     except USER_ERRORS as error:
         print(f"hvpose: error: {error}", file=sys.stderr)

@@ -20,7 +20,9 @@ from etils import epath
 class MetricWriter:
     """Writes one JSON object per logged step and the same scalars to TensorBoard; prints throughput and ETA."""
 
-    def __init__(self, workdir: str, total_steps: int):
+    def __init__(self, workdir: str, total_steps: int, unit: str = "crops",
+                 shown: tuple[str, ...] = ("heatmap_loss", "offset_loss")):
+        self._unit, self._shown = unit, shown  # what the throughput counts; loss terms on the progress line
         self._active = jax.process_index() == 0
         self._total = total_steps
         self._start = time.perf_counter()
@@ -33,12 +35,12 @@ class MetricWriter:
 
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def write(self, step: int, scalars: dict[str, float], crops_per_second: float) -> None:
+    def write(self, step: int, scalars: dict[str, float], items_per_second: float) -> None:
         if not self._active:
             return
         if self._first_step is None:
             self._first_step, self._start = step, time.perf_counter()
-        record = {"step": step, **scalars, "crops_per_second": crops_per_second}
+        record = {"step": step, **scalars, f"{self._unit}_per_second": items_per_second}
         self._lines.append(json.dumps(record))
         self._jsonl.write_text("\n".join(self._lines) + "\n")
         for key, value in record.items():
@@ -48,9 +50,10 @@ class MetricWriter:
         done = step - self._first_step
         elapsed = time.perf_counter() - self._start
         eta = elapsed / done * (self._total - step) if done else float("nan")
-        print(f"step {step:>7}/{self._total}  loss {scalars['loss']:.4f}  heatmap {scalars['heatmap_loss']:.4f}  "
-              f"offset {scalars['offset_loss']:.4f}  lr {scalars['learning_rate']:.2e}  "
-              f"{crops_per_second:6.1f} crops/s  ETA {_duration(eta)}", file=sys.stderr, flush=True)
+        terms = "".join(f"{name.removesuffix('_loss').replace('_', ' ')} {scalars[name]:.4f}  "
+                        for name in self._shown)
+        print(f"step {step:>7}/{self._total}  loss {scalars['loss']:.4f}  {terms}lr {scalars['learning_rate']:.2e}  "
+              f"{items_per_second:6.1f} {self._unit}/s  ETA {_duration(eta)}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._active:

@@ -12,6 +12,8 @@ seeded per element), so running the same command again continues with the same b
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import os
@@ -112,19 +114,40 @@ def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop
                       opt_state=optimizer.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: KeypointNet,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               loss_settings: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a (global) batch of uint8 crops and keypoints; pure. A non-finite loss skips the update.
+# objective(model, params, batch_stats, batch, step) -> (loss, (loss terms, updated batch_stats)): what a task
+# minimises; `step` seeds any sampling inside it, so the step stays a pure function of (state, batch).
+Objective = Callable[[Any, Any, Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[dict, Any]]]
 
-    `loss_settings` holds `total_loss`'s keywords (`config.loss`).
+
+def keypoint_objective(model: KeypointNet, params: Any, batch_stats: Any, batch: dict[str, jax.Array],
+                       step: jax.Array, *, loss_settings: dict[str, Any]) -> tuple[jax.Array, tuple[dict, Any]]:
+    """The keypoint network's loss on a batch of crops (`total_loss(**config.loss)`)."""
+    del step
+    outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+                                   mutable=["batch_stats"])
+    terms = total_loss(outputs, batch["keypoints"], **loss_settings)
+    return terms["loss"], (terms, updates["batch_stats"])
+
+
+def _as_objective(objective: Objective | dict[str, Any]) -> Objective:
+    """A task's objective; a dict is the keypoint network's loss settings (`config.loss`)."""
+    if callable(objective):
+        return objective
+    return functools.partial(keypoint_objective, loss_settings=dict(objective))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               objective: Objective | dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on a (global) batch; pure. A non-finite loss skips the update.
+
+    `objective` is the task's loss (`keypoint_objective`, `hvpose.detector.detector_objective`); a dict stands for
+    the keypoint loss with those `total_loss` keywords (`config.loss`).
     """
+    objective = _as_objective(objective)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-        outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                       train=True, mutable=["batch_stats"])
-        terms = total_loss(outputs, batch["keypoints"], **loss_settings)
-        return terms["loss"], (terms, updates["batch_stats"])
+        return objective(model, params, state.batch_stats, batch, state.step)
 
     (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
@@ -143,15 +166,40 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Keypoin
     return new_state, metrics
 
 
-def jit_train_step(model: KeypointNet, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                   loss_settings: dict[str, Any], mesh: jax.sharding.Mesh, state: TrainState
+def jit_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                   objective: Objective | dict[str, Any], mesh: jax.sharding.Mesh, state: TrainState
                    ) -> Callable[..., tuple[TrainState, dict]]:
     """The train step jitted with explicit shardings and the state donated."""
     step = jax.tree_util.Partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
-                                 loss_settings=loss_settings)
+                                 objective=_as_objective(objective))
     state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+
+
+@dataclasses.dataclass
+class Task:
+    """What the loop trains: the model, its input size, its objective, its batches and how progress is shown."""
+
+    model: Any
+    input_size: tuple[int, int]  # (height, width) of a crop or of the detector's canvas
+    objective: Objective
+    loader: Any  # grain.DataLoader
+    unit: str  # what a batch element is, for the throughput: "crops" or "images"
+    shown: tuple[str, ...]  # loss terms on the progress line
+
+
+def keypoint_task(config: ml_collections.ConfigDict, prepared: Any) -> Task:
+    """The keypoint network's training (`config.task = "keypoints"`)."""
+    crop = configured(check_crop_size, config.crop, "crop", output_stride=config.model.output_stride)
+    model = configured(KeypointNet, config.model, "model", num_keypoints=prepared.dataset.keypoint_set.num_keypoints,
+                       map_stride=config.loss.map_stride)
+    loss_settings = config.loss.to_dict()
+    configured(check_loss_settings, loss_settings, "loss")
+    loader = train_loader(prepared, config.train.batch_size, seed=config.seed,
+                          augment=configured(Augmentation, config.data.augment, "data.augment"), crop_size=crop,
+                          worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+    return Task(model, crop, _as_objective(loss_settings), loader, "crops", ("heatmap_loss", "offset_loss"))
 
 
 class _StopSignal:
@@ -177,6 +225,18 @@ class _StopSignal:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _check_same_task(checkpoint_dir: str, task_name: str) -> None:
+    """Refuses to resume a workdir whose checkpoints hold the other task's model (a detector's, or a keypoint
+    network's), which would otherwise fail deep inside the restore."""
+    try:
+        saved, _ = checkpoints.read_config(checkpoint_dir)
+    except (FileNotFoundError, KeyError, ValueError):
+        return
+    if saved.get("task", "keypoints") != task_name:
+        raise ConfigError(f"{checkpoint_dir} holds a {saved.get('task', 'keypoints')} model; this config trains "
+                          f"{task_name}: use another --workdir")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           evaluate_fn: Callable[[dict, int], dict] | None = None,
           stop_at: int | None = None) -> TrainState:
@@ -192,37 +252,41 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         check_backbone_matches(config.init.backbone, config.model)
     workdir = resolve_workdir(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    # Each part from its own config section, once, in order: data, model, loss, optimizer, devices, checkpoints.
-    crop = configured(check_crop_size, config.crop, "crop", output_stride=config.model.output_stride)
+    # Each part from its own config section, once, in order: data, model and loss (the task), optimizer, devices,
+    # checkpoints.
     prepared = prepare_split(config.data, "train", workdir, config.seed)
     keypoint_set = prepared.dataset.keypoint_set
-    model = configured(KeypointNet, config.model, "model", num_keypoints=keypoint_set.num_keypoints,
-                       map_stride=config.loss.map_stride)
-    loss_settings = config.loss.to_dict()
-    configured(check_loss_settings, loss_settings, "loss")
+    task_name = config.get("task", "keypoints")
+    if task_name == "keypoints":
+        task = keypoint_task(config, prepared)
+    elif task_name == "detection":
+        from hvpose import detector
+
+        task = detector.training_task(config, prepared)
+    else:
+        raise ConfigError(f"config.task: {task_name!r} is not 'keypoints' or 'detection'")
+    model, loader = task.model, task.loader
     optimizer, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
     mesh = sharding.make_mesh()
     if config.train.batch_size % jax.device_count():
         raise ConfigError(f"config.train.batch_size {config.train.batch_size} is not divisible by the "
                           f"{jax.device_count()} devices")
-    loader = train_loader(prepared, config.train.batch_size, seed=config.seed,
-                          augment=configured(Augmentation, config.data.augment, "data.augment"), crop_size=crop,
-                          worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
     data_iterator = iter(loader)
 
     with jax.set_mesh(mesh):
-        abstract = jax.eval_shape(lambda: init_state(model, optimizer, crop, config.seed))
+        abstract = jax.eval_shape(lambda: init_state(model, optimizer, task.input_size, config.seed))
         manager = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
                                            config.train.keep_checkpoints)
+        _check_same_task(manager.directory, task_name)
         manager.save_config(config, keypoint_set)
         state = manager.restore_latest(abstract, mesh, data_iterator)
         if state is None:
-            state = jax.device_put(init_state(model, optimizer, crop, config.seed, config.init.backbone),
+            state = jax.device_put(init_state(model, optimizer, task.input_size, config.seed, config.init.backbone),
                                    sharding.replicated(mesh))
         else:
             log.warning("hvpose: resumed from step %d in %s", int(state.step), manager.directory)
-        step_fn = jit_train_step(model, optimizer, schedule, loss_settings, mesh, state)
-        writer = MetricWriter(workdir, total_steps=config.train.steps)
+        step_fn = jit_train_step(model, optimizer, schedule, task.objective, mesh, state)
+        writer = MetricWriter(workdir, total_steps=config.train.steps, unit=task.unit, shown=task.shown)
         step = int(state.step)
         window_start, window_crops = time.perf_counter(), 0
         try:
@@ -241,7 +305,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                 "data")
                         elapsed = time.perf_counter() - window_start
                         writer.write(step, {k: float(v) for k, v in metrics.items()},
-                                     crops_per_second=window_crops / max(elapsed, 1e-9))
+                                     items_per_second=window_crops / max(elapsed, 1e-9))
                         window_start, window_crops = time.perf_counter(), 0
                     # On several processes a local SIGTERM cannot decide alone (the save is collective and the
                     # others would run on): orbax's preemption sync tells every process at the same step.
@@ -268,4 +332,5 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     return state
 
 
-__all__ = ["TrainState", "init_state", "jit_train_step", "make_optimizer", "train", "train_step"]
+__all__ = ["Objective", "Task", "TrainState", "init_state", "jit_train_step", "keypoint_objective", "keypoint_task",
+           "make_optimizer", "train", "train_step"]

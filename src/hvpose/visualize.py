@@ -50,6 +50,13 @@ def draw_people(image: np.ndarray, people: Sequence[np.ndarray], boxes: Sequence
     return canvas
 
 
+def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], labels: Sequence[str] | None = None
+               ) -> np.ndarray:
+    """A copy of RGB `image` with (x, y, width, height) boxes drawn (a detector's people), labelled if given."""
+    people = [np.zeros((COCO17.num_keypoints, 3))] * len(boxes)  # no keypoints: only the boxes show
+    return draw_people(image, people, boxes, COCO17, threshold=1.0, labels=labels)
+
+
 def grid(images: Sequence[np.ndarray], columns: int = 2, height: int = 360) -> np.ndarray:
     """Images resized to a common height and tiled row by row (for a one-file overview)."""
     resized = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]

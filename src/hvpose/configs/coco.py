@@ -28,6 +28,7 @@ COCO_TRAIN_PERSONS = 149_813  # non-crowd persons with labelled keypoints in per
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.task = "keypoints"  # what hvpose.main trains: the keypoint network ("detection": configs/detector_*.py)
     config.seed = 0  # seeds initialisation, data order and augmentation
 
     config.model = ml_collections.ConfigDict()
@@ -70,12 +71,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.val = ml_collections.ConfigDict()
     config.data.val.annotations = ""  # person_keypoints_val2017.json
     config.data.val.images = ""  # val2017/
-    config.data.val.boxes = "gt"  # "gt" or a COCO detection-results json (e.g. a detector's person boxes)
+    config.data.val.boxes = "gt"  # "gt", "detector" (stage 1, below) or a COCO detection-results json
+    config.data.val.detector_workdir = ""  # with boxes="detector": a trained detector's workdir ("" = WORKDIR/detector)
     config.data.val.min_box_score = 0.0  # detections scoring below are not evaluated
     config.data.synthetic = ml_collections.ConfigDict()  # built-in demo people, used only when no files are given
     config.data.synthetic.enabled = False  # True: with no data paths given, generate and use the synthetic people
     config.data.synthetic.num_train = 0  # synthetic training images
     config.data.synthetic.num_val = 0  # synthetic held-out images
+    config.data.synthetic.root = ""  # where they are written ("" = WORKDIR/demo_data); the demo's stages share one
     config.data.augment = ml_collections.ConfigDict()
     config.data.augment.flip = True  # horizontal flip, left/right swapped (paper)
     config.data.augment.enlarge = (1.0, 1.5)  # box enlargement range, uniform (paper)

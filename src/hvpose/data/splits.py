@@ -35,8 +35,8 @@ def split_paths(data: Mapping[str, Any], split: str, workdir: str, seed: int) ->
     """(annotations json, image folder) of `split` ("train" or "val") under `config.data`."""
     if uses_synthetic_data(data):
         synthetic = data["synthetic"]
-        paths = ensure_demo_dataset(os.path.join(workdir, "demo_data"), synthetic["num_train"], synthetic["num_val"],
-                                    seed=seed)
+        root = resolve_workdir(synthetic.get("root", "") or os.path.join(workdir, "demo_data"))
+        paths = ensure_demo_dataset(root, synthetic["num_train"], synthetic["num_val"], seed=seed)
         return paths[split], paths["images"]
     entry = data[split]
     if not entry["annotations"] or not entry["images"]:

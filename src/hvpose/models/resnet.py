@@ -119,6 +119,32 @@ class Basic(nn.Module):
         return nn.relu(shortcut + y)
 
 
+def stage_units(x: jax.Array, stage: int, depth: int, stride: int, dilation: int, first_dilation: int,
+                stride_on: str, conv_bias: bool, norm: Any, base_width: int, dtype: Any) -> jax.Array:
+    """The residual units of stage `stage` (0 = conv2_x .. 3 = conv5_x), named `block{stage+1}_unit{k}`; call it
+    inside a compact module (the ResNet, or a detector head running conv5_x on RoIs with the same parameter names).
+    """
+    bottleneck = depth in BOTTLENECK_STAGES
+    blocks = (BOTTLENECK_STAGES[depth] if bottleneck else BASIC_STAGES[depth])[stage]
+    width = STAGE_WIDTHS[stage] * base_width // 64
+    block_cls = Bottleneck if bottleneck else Basic
+    for block in range(blocks):
+        dilations = ({"dilation": first_dilation if block == 0 else dilation} if bottleneck else
+                     {"dilation": dilation, "first_dilation": first_dilation if block == 0 else dilation})
+        x = block_cls(
+            width=width,
+            stride=stride if block == 0 else 1,
+            **dilations,
+            project_shortcut=block == 0 and (bottleneck or stage > 0),
+            stride_on=stride_on,
+            conv_bias=conv_bias,
+            norm=norm,
+            dtype=dtype,
+            name=f"block{stage + 1}_unit{block + 1}",
+        )(x)
+    return x
+
+
 class ResNet(nn.Module):
     """ResNet v1 backbone returning `{"stem", "block1", ..., "block4"}` feature maps (NHWC).
 
@@ -137,6 +163,7 @@ class ResNet(nn.Module):
       base_width: channels of the stem and of stage conv2 (64 in every published ResNet; smaller values give
         proportionally narrower, ~quadratically cheaper networks for tests and CPU demos).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+      stages: how many of conv2_x..conv5_x to run (3: up to block3, for a detector that runs conv5_x per RoI).
     """
 
     depth: int = 101
@@ -148,6 +175,7 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1.001e-5
     base_width: int = 64
     dtype: Any = jnp.float32
+    stages: int = 4
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -158,10 +186,8 @@ class ResNet(nn.Module):
         norm = lambda name: nn.BatchNorm(  # noqa: E731
             use_running_average=not train or self.bn_frozen, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
             dtype=self.dtype, name=name)
-        bottleneck = self.depth in BOTTLENECK_STAGES
-        stages = BOTTLENECK_STAGES[self.depth] if bottleneck else BASIC_STAGES[self.depth]
-        block_cls = Bottleneck if bottleneck else Basic
-
+        if not 1 <= self.stages <= 4:
+            raise ValueError(f"stages must be 1 to 4, got {self.stages}")
         x = images.astype(self.dtype)
         x = nn.Conv(self.base_width, (7, 7), strides=2, padding=_pad(7), use_bias=self.conv_bias, dtype=self.dtype,
                     name="stem_conv")(x)
@@ -171,27 +197,16 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
 
         previous_dilation = 1
-        for stage, ((stride, dilation), blocks, width) in enumerate(
-                zip(stage_strides_and_dilations(self.output_stride), stages,
-                    [w * self.base_width // 64 for w in STAGE_WIDTHS], strict=True)):
+        plan = stage_strides_and_dilations(self.output_stride)
+        for stage in range(self.stages):
+            stride, dilation = plan[stage]
             # When a stride is replaced by dilation, the block that would have strided sees the undecimated grid
             # before its 3x3 if the stride sat on that 3x3 (torchvision), so it keeps the previous dilation; with
             # the stride on the 1x1 (Keras) the 3x3 already works on the decimated grid and takes the new one.
-            first_dilation = previous_dilation if (self.stride_on == "3x3" or not bottleneck) else dilation
-            for block in range(blocks):
-                dilations = ({"dilation": first_dilation if block == 0 else dilation} if bottleneck else
-                             {"dilation": dilation, "first_dilation": first_dilation if block == 0 else dilation})
-                x = block_cls(
-                    width=width,
-                    stride=stride if block == 0 else 1,
-                    **dilations,
-                    project_shortcut=block == 0 and (bottleneck or stage > 0),
-                    stride_on=self.stride_on,
-                    conv_bias=self.conv_bias,
-                    norm=norm,
-                    dtype=self.dtype,
-                    name=f"block{stage + 1}_unit{block + 1}",
-                )(x)
+            first_dilation = previous_dilation if (self.stride_on == "3x3" or self.depth in BASIC_STAGES) \
+                else dilation
+            x = stage_units(x, stage, self.depth, stride, dilation, first_dilation, self.stride_on, self.conv_bias,
+                            norm, self.base_width, self.dtype)
             previous_dilation = dilation
             features[f"block{stage + 1}"] = x
         return features
