@@ -8,8 +8,12 @@ PY := $(VENV)/bin/python
 setup:
 	@scripts/setup.sh
 
+# Both stages on the built-in people: the person detector, then the keypoint network evaluated on its boxes (and on
+# the ground-truth boxes for comparison). The two share one copy of the synthetic data and its ArrayRecord cache.
 demo: setup
-	$(PY) -m hvpose.main --config=configs/demo.py --workdir=workdir/demo
+	$(PY) -m hvpose.main --config=configs/detector_demo.py --workdir=workdir/demo/detector \
+		--config.data.synthetic.root=workdir/demo/demo_data --config.data.cache_dir=workdir/demo/tfds
+	$(PY) -m hvpose.main --config=configs/demo.py --workdir=workdir/demo --config.data.val.boxes=detector
 
 test: setup
 	$(PY) -m pytest

@@ -6,7 +6,7 @@ import pytest
 from hvpose.data.coco import Detection
 from hvpose.data.pipeline import gt_boxes
 from hvpose.data.tfds_coco import prepare
-from hvpose.errors import ConfigError
+from hvpose.errors import ConfigError, DataError
 from hvpose.evaluate import dataset_boxes
 from hvpose.inference import InferenceSettings, PredictedPerson, as_boxes, instance_scores, suppress
 from hvpose.keypoints import COCO17
@@ -76,9 +76,12 @@ def test_a_callable_box_source_is_called_on_every_image(shared_data, tmp_path):
     assert dataset_boxes(lambda image: np.zeros((0, 5)), prepared) == []  # an image without people
 
 
-@pytest.mark.parametrize("source", ["detector", "posenet"])
-def test_box_sources_not_built_yet_are_refused_in_one_line(shared_data, tmp_path, source):
+def test_named_box_sources_without_their_weights_are_refused_in_one_line(shared_data, tmp_path):
     sample = shared_data / "coco_sample"
     prepared = prepare(sample / "test_coco.json", sample / "images", tmp_path)
-    with pytest.raises(ConfigError, match=f"config.data.val.boxes: '{source}' is not available yet"):
-        dataset_boxes(source, prepared)
+    with pytest.raises(ConfigError, match="config.data.val.detector_workdir is empty"):
+        dataset_boxes("detector", prepared)
+    with pytest.raises(DataError, match=f"{tmp_path}/checkpoints: no detector checkpoint"):
+        dataset_boxes("detector", prepared, detector_workdir=str(tmp_path))
+    with pytest.raises(ConfigError, match="config.init.posenet_tfjs is empty"):
+        dataset_boxes("posenet", prepared)

@@ -76,7 +76,8 @@ def test_posenet_finds_the_labelled_people_of_real_coco_images(posenet_predictor
     assert (gain > 0).sum() >= 9 and gain.mean() > 0.03, np.round(gain, 3)
 
 
-def test_without_boxes_the_whole_image_is_one_person(posenet_predictor, shared_data):
+def test_without_boxes_or_box_source_the_whole_image_is_one_person(shared_data):
+    posenet_predictor = hvpose.Predictor.from_posenet_tfjs(str(shared_data / TFJS), batch_size=4, box_source=None)
     image = decode_image(read_image_file(shared_data / "photos" / "astronaut.png"))
     people = posenet_predictor(image)
     assert len(people) == 1 and people[0].box == (0.0, 0.0, 512.0, 512.0)
@@ -88,6 +89,23 @@ def test_without_boxes_the_whole_image_is_one_person(posenet_predictor, shared_d
     assert picture.shape == image.shape and (picture != image).any()
     with pytest.raises(ValueError, match="RGB uint8"):
         posenet_predictor(image.astype(np.float32))
+
+
+def test_posenet_finds_the_separate_people_of_a_photo_given_without_boxes(posenet_predictor, shared_data):
+    """The baseball photo of the issue: five annotated people (one a 17x32 px figure without keypoints). Without
+    boxes, PoseNet's own multi-person decoding finds them, and each is its own person, not one tangled figure."""
+    photo = shared_data / "coco_sample" / "images" / "000000196141.jpg"
+    people = [p for p in posenet_predictor(photo) if p.score > 0.2]
+    truth = [p.bbox for p in load_coco_keypoints(shared_data / "coco_sample" / "test_coco.json").persons[196141]]
+
+    def iou(a, b):
+        w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+        return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+    matched = {i for i, t in enumerate(truth) if any(iou(p.box, t) > 0.5 for p in people)}
+    assert len(matched) >= 4, [p.box for p in people]  # measured: 4 of 5 (all but the tiny figure)
+    assert all(p.box[2] * p.box[3] < 0.25 * 640 * 429 for p in people)  # no box spans the scene
 
 
 def test_a_box_source_finds_the_people_when_no_boxes_are_given(posenet_predictor, shared_data):

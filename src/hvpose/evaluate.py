@@ -34,7 +34,6 @@ from hvpose.models.keypoint_net import KeypointNet
 from hvpose.paths import resolve_workdir
 
 log = logging.getLogger(__name__)
-NOT_YET_BOX_SOURCES = ("detector", "posenet")
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -77,9 +76,12 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], s
     return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats, strict=True)}
 
 
-def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score: float = 0.0) -> list[Detection]:
-    """The boxes to evaluate: "gt" (ground-truth persons with keypoints, score 1), a COCO detection-results json,
-    or a box source called on every image of the split (a detector: image -> (N, 5) boxes)."""
+def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score: float = 0.0,
+                  detector_workdir: str = "", worker_count: int = 0, posenet_tfjs: str = "") -> list[Detection]:
+    """The boxes to evaluate: "gt" (ground-truth persons with keypoints, score 1), "detector" (the person detector
+    trained in `detector_workdir`, run over the split), "posenet" (the people PoseNet's own multi-person decoding
+    finds with the weights of `posenet_tfjs`), a COCO detection-results json, or a box source called on every
+    image of the split (image -> (N, 5) boxes as x, y, width, height, score)."""
     if callable(source):
         detections = []
         for record, image_id in enumerate(prepared.image_ids):
@@ -89,9 +91,21 @@ def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score:
         return detections
     if source == "gt":
         return gt_boxes(prepared)
-    if source in NOT_YET_BOX_SOURCES:  # named by the design's command-line contract; built with stage 1
-        raise ConfigError(f"config.data.val.boxes: {source!r} is not available yet (the stage-1 detector and PoseNet's "
-                          "own decoding are being built); use 'gt' or a COCO detection-results json")
+    if source == "detector":
+        from hvpose.detector import Detector
+
+        if not detector_workdir:
+            raise ConfigError("config.data.val.boxes is 'detector' but config.data.val.detector_workdir is empty "
+                              "(the workdir of a trained detector, e.g. one trained with configs/detector_demo.py)")
+        detector = Detector.from_workdir(detector_workdir)
+        return [d for d in detector.dataset_detections(prepared, worker_count) if d.score >= min_score]
+    if source == "posenet":
+        from hvpose.posenet_people import PoseNetPeople, posenet_box_source
+
+        if not posenet_tfjs:
+            raise ConfigError("config.data.val.boxes is 'posenet' but config.init.posenet_tfjs is empty (PoseNet's "
+                              "TF.js model.json, whose own multi-person decoding finds the people)")
+        return dataset_boxes(posenet_box_source(PoseNetPeople.from_tfjs(posenet_tfjs)), prepared, min_score)
     return load_detections(source, prepared.dataset, min_score=min_score)
 
 
@@ -111,6 +125,32 @@ def draw_predictions(prepared: PreparedDataset, people: list[PredictedPerson], k
     return visualize.grid(pictures)
 
 
+def _detector_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`config.data.val.detector_workdir`, or WORKDIR/detector when empty (where `make demo` trains it)."""
+    return config.data.val.get("detector_workdir", "") or os.path.join(workdir, "detector")
+
+
+def _evaluate_boxes(config: ml_collections.ConfigDict, pipeline: Pipeline, prepared: PreparedDataset,
+                    boxes: list[Detection], crop: tuple[int, int], source_name: str, verbose: bool = True
+                    ) -> tuple[list[PredictedPerson], list[dict[str, Any]], dict[str, float]]:
+    """People, COCO results and COCOeval stats of the keypoint network on `boxes`."""
+    if config.eval.max_boxes:
+        boxes = boxes[:config.eval.max_boxes]
+    if not boxes:
+        raise DataError(f"{source_name}: no boxes to evaluate")
+    loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
+                            worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+    batches = iter(loader)
+    try:
+        people = pipeline.run(batches)
+    finally:
+        close_loader(batches)
+    results = to_coco_results(people, prepared.dataset.category_id)
+    image_ids = sorted({b.image_id for b in boxes}) if config.eval.max_boxes else None
+    stats = coco_evaluate(prepared.dataset.raw, results, pipeline.keypoint_set.sigmas, image_ids, verbose=verbose)
+    return people, results, stats
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, step: int,
              prepared: PreparedDataset | None = None, model: Any = None, radius: float | None = None,
              box_source: str | BoxSource | None = None) -> dict[str, float]:
@@ -128,26 +168,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
     crop = configured(check_crop_size, config.crop, "crop", output_stride=model.output_stride)
     settings = configured(InferenceSettings, config.inference, "inference")
     source = config.data.val.boxes if box_source is None else box_source
-    boxes = dataset_boxes(source, prepared, config.data.val.min_box_score)
-    if config.eval.max_boxes:
-        boxes = boxes[:config.eval.max_boxes]
-    if not boxes:
-        raise DataError(f"{source if isinstance(source, str) else 'the box source'}: no boxes to evaluate")
+    boxes = dataset_boxes(source, prepared, config.data.val.min_box_score,
+                          _detector_workdir(config, workdir) if source == "detector" else "", config.data.worker_count,
+                          config.init.posenet_tfjs)
     if config.eval.batch_size % jax.device_count():
         raise ConfigError(f"config.eval.batch_size {config.eval.batch_size} is not divisible by the "
                           f"{jax.device_count()} devices")
     pipeline = Pipeline(model, variables, keypoint_set, crop, config.loss.radius if radius is None else radius,
                         settings, batch_size=config.eval.batch_size)
-    loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
-                            worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
-    batches = iter(loader)
-    try:
-        people = pipeline.run(batches)
-    finally:
-        close_loader(batches)
-    results = to_coco_results(people, prepared.dataset.category_id)
-    image_ids = sorted({b.image_id for b in boxes}) if config.eval.max_boxes else None
-    stats = coco_evaluate(prepared.dataset.raw, results, keypoint_set.sigmas, image_ids)
+    people, results, stats = _evaluate_boxes(config, pipeline, prepared, boxes, crop,
+                                             source if isinstance(source, str) else "the box source")
+    if source in ("detector", "posenet") or callable(source):  # the same network on ground-truth boxes too, for
+        # comparison: what the detected boxes cost
+        _, _, gt_stats = _evaluate_boxes(config, pipeline, prepared, gt_boxes(prepared), crop, "gt", verbose=False)
+        stats.update({f"{name}_gt_boxes": value for name, value in gt_stats.items()})
     stats["step"] = int(step)
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, "eval")
@@ -158,8 +192,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
                                    config.eval.draw_threshold)
         if picture is not None:
             visualize.save_png(os.path.join(out_dir, "predictions.png"), picture)
-        log.warning("hvpose: step %d: keypoint AP %.4f (AP50 %.4f, AR %.4f) on %d boxes; wrote %s", step,
-                    stats["AP"], stats["AP50"], stats["AR"], len(boxes), out_dir)
+        compared = f" (with ground-truth boxes: AP {stats['AP_gt_boxes']:.4f})" if "AP_gt_boxes" in stats else ""
+        log.warning("hvpose: step %d: keypoint AP %.4f (AP50 %.4f, AR %.4f) on %d boxes%s; wrote %s", step,
+                    stats["AP"], stats["AP50"], stats["AR"], len(boxes), compared, out_dir)
     return stats
 
 

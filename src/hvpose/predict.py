@@ -1,11 +1,13 @@
 """`hvpose.Predictor`: image -> people, for notebooks and scripts; and the `python -m hvpose.predict` command.
 
     predictor = Predictor.from_checkpoint("gs://bucket/grmi-coco")       # a training workdir (or its checkpoints/)
-    predictor = Predictor.from_posenet_tfjs("posenet/model-stride16.json")
+    predictor = Predictor.from_checkpoint("gs://bucket/grmi-coco", detector="gs://bucket/grmi-detector")
+    predictor = Predictor.from_posenet_tfjs("posenet/model-stride16.json")  # finds people with PoseNet's decoding
     people = predictor(image, boxes=[(x, y, w, h), ...])                   # or boxes=None: see `__call__`
     picture = predictor.draw(image, people)
 
-    python -m hvpose.predict --weights=WORKDIR_OR_MODEL_JSON --image=PHOTO.jpg --out=PEOPLE.png [--boxes=BOXES.json]
+    python -m hvpose.predict --weights=WORKDIR_OR_MODEL_JSON --image=PHOTO.jpg --out=PEOPLE.png \
+        [--boxes=BOXES.json | --detector=DETECTOR_WORKDIR]
 
 The Predictor is a thin front of `hvpose.inference.Pipeline`, the same code evaluation runs: on the same image
 file and boxes both give the same people, keypoints and scores.
@@ -57,12 +59,18 @@ class Predictor:
         self.keypoint_set, self.draw_threshold, self.box_source = keypoint_set, draw_threshold, box_source
 
     @classmethod
-    def from_checkpoint(cls, path: str, step: int | None = None, **options: Any) -> Predictor:
+    def from_checkpoint(cls, path: str, step: int | None = None, detector: str | None = None,
+                        **options: Any) -> Predictor:
         """A trained hvpose model: `path` is a training workdir or its `checkpoints/` folder (local or gs://).
 
         Reads the config and keypoint set saved beside the checkpoints (`config.inference` becomes the settings);
-        `options` override the class arguments.
+        `detector` is the workdir of a trained person detector (`hvpose.detector.Detector`), which then finds the
+        people in photos given without boxes; `options` override the class arguments.
         """
+        if detector is not None:
+            from hvpose.detector import Detector
+
+            options.setdefault("box_source", Detector.from_workdir(detector))
         from etils import epath
 
         from hvpose import checkpoints
@@ -87,14 +95,19 @@ class Predictor:
         """Google's PoseNet weights (a TF.js graph model's model.json).
 
         Decodes with argmax + offset by default, which PoseNet's offsets were trained for (the README compares it
-        with Hough voting on real data); scores all keypoints into the instance score.
+        with Hough voting on real data); scores all keypoints into the instance score. Photos given without boxes
+        are searched for people by PoseNet's own multi-person decoding (`hvpose.posenet_people`), whose poses
+        become the person boxes of the top-down pass; pass `box_source=None` for one whole-image box instead.
         """
+        from hvpose.posenet_people import PoseNetPeople, posenet_box_source
         from hvpose.pretrained.posenet import load_posenet_tfjs
 
+        model, variables = load_posenet_tfjs(model_json)
         settings = dict(crop_size=(353, 257), radius=POSENET_RADIUS,
                         settings=InferenceSettings(decoder="argmax_offset", keypoint_threshold=0.0))
+        if "box_source" not in options:
+            settings["box_source"] = posenet_box_source(PoseNetPeople(model, variables))
         settings.update(options)
-        model, variables = load_posenet_tfjs(model_json)
         return cls(model, variables, **settings)
 
     def __call__(self, image: np.ndarray | str | os.PathLike[str],
@@ -167,6 +180,12 @@ def read_boxes(path: str, image_id: int | None = None) -> np.ndarray:
         raise ValueError(f"{path}: {error}") from None
 
 
+def _detector(workdir: str) -> BoxSource:
+    from hvpose.detector import Detector
+
+    return Detector.from_workdir(workdir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -178,14 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--boxes", help="JSON: [[x, y, w, h(, score)], ...] or COCO detection results")
     parser.add_argument("--image_id", type=int, help="with COCO detection results: the image's id")
     parser.add_argument("--min_box_score", type=float, default=0.0, help="drop boxes scoring below")
+    parser.add_argument("--detector", help="without --boxes: a trained person detector's workdir finds the people "
+                        "(PoseNet weights find them with PoseNet's own decoding)")
     args = parser.parse_args(argv)
     from hvpose.errors import USER_ERRORS
 
     try:
         if args.weights.endswith(".json"):
-            predictor = Predictor.from_posenet_tfjs(args.weights)
+            options = {} if args.detector is None else {"box_source": _detector(args.detector)}
+            predictor = Predictor.from_posenet_tfjs(args.weights, **options)
         else:
-            predictor = Predictor.from_checkpoint(args.weights)
+            predictor = Predictor.from_checkpoint(args.weights, detector=args.detector)
         boxes = None
         if args.boxes:
             boxes = read_boxes(args.boxes, args.image_id)
