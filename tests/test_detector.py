@@ -187,3 +187,26 @@ def test_the_two_roi_align_forms_give_the_same_detector(rng):
     other = einsum.apply(variables, batch["image"], batch["image_size"])
     np.testing.assert_allclose(np.asarray(other["class_logits"]), np.asarray(reference["class_logits"]), atol=1e-4)
     np.testing.assert_allclose(np.asarray(other["box_deltas"]), np.asarray(reference["box_deltas"]), atol=1e-4)
+
+
+def test_imagenet_weights_fill_the_backbone_and_the_block4_head(tmp_path, rng):
+    """A torchvision ResNet checkpoint initialises the detector: conv2_x..conv4_x in the backbone, conv5_x in the
+    head that runs it per RoI; the RPN and the box layers stay random."""
+    from safetensors.numpy import save_file
+
+    from hvpose.configs import detector_coco
+    from hvpose.train import init_state, make_optimizer
+    from test_torch_resnet import torchvision_state_dict
+
+    state = torchvision_state_dict(18, rng)
+    path = str(tmp_path / "resnet18.safetensors")
+    save_file(state, path)
+    config = detector_coco.get_config()
+    model = FasterRCNN(**{**TINY, "head": "block4", "roi_size": 6, "base_width": 64, "preprocess": "torchvision"})
+    fresh = init_state(model, make_optimizer(config.train), (65, 65), 0, backbone=path)
+    np.testing.assert_array_equal(fresh.params["backbone"]["block3_unit2"]["conv1"]["kernel"],
+                                  state["layer3.1.conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(fresh.params["block4_unit1"]["conv1"]["kernel"],
+                                  state["layer4.0.conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(fresh.batch_stats["block4_unit2"]["bn2"]["var"], state["layer4.1.bn2.running_var"])
+    assert "rpn_conv" in fresh.params and "block4_unit1" not in fresh.params["backbone"]

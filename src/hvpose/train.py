@@ -98,7 +98,8 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
 def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop_size: tuple[int, int], seed: int,
                backbone: str = "") -> TrainState:
     """Fresh state: random initialisation, with the backbone's ImageNet weights when `backbone` names a Keras
-    Applications h5 or a torchvision/timm `.safetensors` file (`hvpose.pretrained.families`)."""
+    Applications h5 or a torchvision/timm `.safetensors` file (`hvpose.pretrained.families`); a detector's
+    conv5_x head (`FasterRCNN(head="block4")`) gets the ImageNet conv5_x too."""
     variables = model.init(jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.uint8))
     params, batch_stats = variables["params"], variables["batch_stats"]
     if backbone:
@@ -107,9 +108,19 @@ def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop
         family = check_backbone_matches(backbone, {"stride_on": model.stride_on, "conv_bias": model.conv_bias,
                                                    "preprocess": model.preprocess})
         loaded = family.read(backbone, model.depth)
-        check_matches(loaded, {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, backbone)
-        params = {**params, "backbone": jax.tree.map(jnp.asarray, loaded["params"])}
-        batch_stats = {**batch_stats, "backbone": jax.tree.map(jnp.asarray, loaded["batch_stats"])}
+        # A detector with the block4 head runs conv5_x per RoI, outside its backbone: those units load beside it.
+        beside = {kind: {name: value for name, value in loaded[kind].items()
+                         if name.startswith("block4_") and name not in tree["backbone"]}
+                  for kind, tree in (("params", params), ("batch_stats", batch_stats))}
+        inside = {kind: {name: value for name, value in loaded[kind].items() if name not in beside[kind]}
+                  for kind in ("params", "batch_stats")}
+        check_matches(inside, {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, backbone)
+        check_matches(beside, {kind: {name: tree[name] for name in beside[kind] if name in tree}
+                               for kind, tree in (("params", params), ("batch_stats", batch_stats))}, backbone)
+        params = {**params, **jax.tree.map(jnp.asarray, beside["params"]),
+                  "backbone": jax.tree.map(jnp.asarray, inside["params"])}
+        batch_stats = {**batch_stats, **jax.tree.map(jnp.asarray, beside["batch_stats"]),
+                       "backbone": jax.tree.map(jnp.asarray, inside["batch_stats"])}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=optimizer.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
 
