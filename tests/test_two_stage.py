@@ -1,0 +1,66 @@
+"""Both stages from the command line, as `make demo` runs them: the detector trains and writes box AP and COCO
+detections; the keypoint network is evaluated on its boxes beside the ground-truth boxes; the Predictor finds
+people with it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hvpose.detector import BOX_STAT_NAMES
+from hvpose.evaluate import STAT_NAMES
+from test_main import TINY, run_main
+
+TINY_DETECTOR = ["--config.model.base_width=8", "--config.model.fc_dim=16", "--config.model.rpn_channels=16",
+                 "--config.data.canvas_size=(65, 97)", "--config.data.synthetic.num_train=6",
+                 "--config.data.synthetic.num_val=3", "--config.data.worker_count=0", "--config.train.batch_size=4",
+                 "--config.train.log_every=1", "--config.eval.batch_size=4"]
+
+
+@pytest.mark.slow
+def test_detector_then_keypoints_on_its_boxes(tmp_path):
+    data = [f"--config.data.synthetic.root={tmp_path / 'data'}", f"--config.data.cache_dir={tmp_path / 'tfds'}"]
+    detector = tmp_path / "detector"
+    trained = run_main("--config=configs/detector_demo.py", f"--workdir={detector}", "--config.train.steps=2",
+                       *TINY_DETECTOR, *data, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    records = [json.loads(line) for line in (detector / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"loss", "rpn_class_loss", "rpn_box_loss", "head_class_loss", "head_box_loss",
+            "images_per_second"} <= set(records[0])
+    assert "rpn class" in trained.stderr and "images/s" in trained.stderr
+    metrics = json.loads((detector / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {*BOX_STAT_NAMES, "step"} and metrics["step"] == 2
+    detections = json.loads((detector / "eval" / "detections.json").read_text())
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} and len(d["bbox"]) == 4 for d in detections)
+    assert all(0 <= d["score"] <= 1 and d["bbox"][2] >= 0 and d["bbox"][3] >= 0 for d in detections)
+    assert (detector / "eval" / "predictions.png").is_file()
+
+    # Running it again resumes; a keypoint config pointed at the detector's workdir is refused in one line.
+    resumed = run_main("--config=configs/detector_demo.py", f"--workdir={detector}", "--config.train.steps=3",
+                       "--mode=train", *TINY_DETECTOR, *data, timeout=600)
+    assert resumed.returncode == 0 and "resumed from step 2" in resumed.stderr, resumed.stderr[-3000:]
+    wrong = run_main("--config=configs/demo.py", f"--workdir={detector}", *TINY, *data, timeout=600)
+    assert wrong.returncode == 1 and "holds a detection model" in wrong.stderr.strip().splitlines()[-1]
+
+    keypoints = tmp_path / "keypoints"
+    both = run_main("--config=configs/demo.py", f"--workdir={keypoints}", *TINY, *data,
+                    "--config.data.val.boxes=detector", f"--config.data.val.detector_workdir={detector}",
+                    "--config.inference.flip_test=False", timeout=600)
+    metrics = json.loads((keypoints / "eval" / "metrics.json").read_text()) if both.returncode == 0 else {}
+    if both.returncode == 1 and "no boxes to evaluate" in both.stderr:
+        pytest.fail("the 3-step detector found nobody; the test needs at least one box above its score threshold")
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert set(metrics) == {*STAT_NAMES, *(f"{name}_gt_boxes" for name in STAT_NAMES), "step"}
+    assert "with ground-truth boxes" in both.stderr
+
+    import hvpose
+    from hvpose.data.images import decode_image, read_image_file
+
+    predictor = hvpose.Predictor.from_checkpoint(str(keypoints), detector=str(detector))
+    image_file = sorted((tmp_path / "data" / "images").iterdir())[0]
+    boxes = predictor.box_source(decode_image(read_image_file(image_file)))
+    assert boxes.ndim == 2 and boxes.shape[1] == 5 and (np.diff(boxes[:, 4]) <= 0).all()  # best first
+    people = predictor(image_file)
+    assert len(people) <= len(boxes)
+
