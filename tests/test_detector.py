@@ -1,10 +1,17 @@
 """The Faster R-CNN detector: proposals and detections against numpy transcriptions of their definitions, RoI
 sampling, the block4 head's parameter layout, and training on images with and without people (no NaN)."""
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from conftest import REPO
 from hvpose.detector_targets import detector_loss, rpn_targets
 from hvpose.models.detector import HEAD_BOX_WEIGHTS, FasterRCNN, detect, propose, sample_rois
 
@@ -210,3 +217,52 @@ def test_imagenet_weights_fill_the_backbone_and_the_block4_head(tmp_path, rng):
                                   state["layer4.0.conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(fresh.batch_stats["block4_unit2"]["bn2"]["var"], state["layer4.1.bn2.running_var"])
     assert "rpn_conv" in fresh.params and "block4_unit1" not in fresh.params["backbone"]
+
+
+@pytest.mark.slow
+def test_detector_step_on_8_devices_equals_single_device(tmp_path):
+    """The detector trains with the keypoint network's sharded step: 8 devices give what 1 gives (BatchNorm over
+    the global batch, per-image sampling keys that do not depend on the sharding)."""
+    script = textwrap.dedent(f"""
+        import functools, json, os, sys
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        import jax, numpy as np
+        from test_detector import TINY, make_batch
+        from hvpose import sharding
+        from hvpose.configs import detector_demo
+        from hvpose.detector import detector_objective
+        from hvpose.models.detector import FasterRCNN
+        from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
+        config = detector_demo.get_config()
+        config.train.batch_size, config.train.warmup_steps = 8, 1
+        model, optimizer = FasterRCNN(**TINY), make_optimizer(config.train)
+        objective = functools.partial(detector_objective, loss_settings=config.loss.to_dict(), seed=0)
+        initial = jax.tree.map(np.asarray, init_state(model, optimizer, (65, 65), 0))
+        results = {{}}
+        for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
+            mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                                 devices=devices)
+            rng = np.random.default_rng(0)
+            with jax.set_mesh(mesh):
+                state = jax.device_put(jax.tree.map(np.copy, initial), sharding.replicated(mesh))
+                step = jit_train_step(model, optimizer, learning_rate_schedule(config.train), objective, mesh, state)
+                losses = []
+                for _ in range(2):
+                    pairs = [make_batch(rng) for _ in range(4)]
+                    batch = {{k: np.concatenate([p[k] for p in pairs]) for k in pairs[0]}}
+                    state, metrics = step(state, sharding.global_batch(batch, mesh))
+                    losses.append(float(metrics["loss"]))
+            assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == len(devices)
+            results[name] = {{"losses": losses, "kernel": np.asarray(state.params["rpn_conv"]["kernel"]).tolist(),
+                              "mean": np.asarray(state.batch_stats["backbone"]["stem_bn"]["mean"]).tolist()}}
+        print(json.dumps(results))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    one, eight = results["one"], results["eight"]
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-4)
+    np.testing.assert_allclose(eight["kernel"], one["kernel"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(eight["mean"], one["mean"], rtol=1e-4, atol=1e-6)
+    assert one["losses"][0] != one["losses"][-1]
