@@ -36,7 +36,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.rpn_channels = 128
     config.model.rpn_pre_nms_top_k = 500
     config.model.rpn_post_nms_top_k = 50  # at most 4 people per scene
-    config.model.num_rois = 16
+    config.model.num_rois = 32  # a quarter of them people at most
 
     config.loss.rpn_num_samples = 128
     config.loss.rpn_box_weight = 1.0  # D2's weights: steadier from scratch than TFOD's 2
@@ -52,7 +52,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.batch_size = 16
     config.train.steps = 300  # sized to the demo's budget (README)
     config.train.optimizer = "adamw"  # from scratch, Adam converges in far fewer steps than momentum SGD
-    config.train.learning_rate = 4e-3  # per batch 64; 1e-3 at batch 16
+    config.train.learning_rate = 8e-3  # per batch 64; 2e-3 at batch 16 (slightly better than 1e-3 in 300 steps)
     config.train.warmup_steps = 50
     config.train.decay_boundaries = (0.75, 0.92)
     config.train.grad_clip_norm = 10.0
