@@ -29,6 +29,7 @@ bench: setup
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/detector.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
