@@ -133,9 +133,8 @@ def _detector_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 def _evaluate_boxes(config: ml_collections.ConfigDict, pipeline: Pipeline, prepared: PreparedDataset,
                     boxes: list[Detection], crop: tuple[int, int], source_name: str, verbose: bool = True
                     ) -> tuple[list[PredictedPerson], list[dict[str, Any]], dict[str, float]]:
-    """People, COCO results and COCOeval stats of the keypoint network on `boxes`."""
-    if config.eval.max_boxes:
-        boxes = boxes[:config.eval.max_boxes]
+    """People, COCO results and COCOeval stats of the keypoint network on `boxes` (the first
+    `config.eval.max_boxes` of them when set, already cut by the caller)."""
     if not boxes:
         raise DataError(f"{source_name}: no boxes to evaluate")
     loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
@@ -176,11 +175,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
                           f"{jax.device_count()} devices")
     pipeline = Pipeline(model, variables, keypoint_set, crop, config.loss.radius if radius is None else radius,
                         settings, batch_size=config.eval.batch_size)
+    if config.eval.max_boxes:
+        boxes = boxes[:config.eval.max_boxes]
     people, results, stats = _evaluate_boxes(config, pipeline, prepared, boxes, crop,
                                              source if isinstance(source, str) else "the box source")
     if source in ("detector", "posenet") or callable(source):  # the same network on ground-truth boxes too, for
         # comparison: what the detected boxes cost
-        _, _, gt_stats = _evaluate_boxes(config, pipeline, prepared, gt_boxes(prepared), crop, "gt", verbose=False)
+        ground_truth = gt_boxes(prepared)[:config.eval.max_boxes or None]
+        _, _, gt_stats = _evaluate_boxes(config, pipeline, prepared, ground_truth, crop, "gt", verbose=False)
         stats.update({f"{name}_gt_boxes": value for name, value in gt_stats.items()})
     stats["step"] = int(step)
     if jax.process_index() == 0:
