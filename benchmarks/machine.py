@@ -49,15 +49,25 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Best wall time of `repeats` calls of `fn` (results awaited) after one warm-up call (compilation)."""
+def run_times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of `fn` (results awaited) after one warm-up call (compilation)."""
     jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Best wall time of `repeats` calls of `fn` after a warm-up call."""
+    return min(run_times(fn, repeats))
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn` after a warm-up call."""
+    return sorted(run_times(fn, repeats))[repeats // 2]
 
 
 def write_results(out: pathlib.Path, benchmark: str, settings: dict[str, Any], machine: dict[str, Any],

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from hvpose.models.preprocess import check_preprocess, preprocess
+from hvpose.ops.depthwise import depthwise_conv, resolve
 from hvpose.ops.upsample import upsample_to_map_stride
 
 
@@ -42,6 +43,27 @@ class ConvSpec(NamedTuple):
 _ACTIVATIONS = {"relu6": jax.nn.relu6, "relu": jax.nn.relu, "none": lambda x: x}
 
 
+class DepthwiseConv(nn.Module):
+    """A depthwise convolution with bias; parameters named and shaped as `nn.Conv(feature_group_count=C)`'s
+    (`kernel` (kh, kw, 1, features), `bias`), computed by `hvpose.ops.depthwise` (`implementation`)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: str
+    implementation: str
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (*self.kernel_size, 1, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x = depthwise_conv(x, kernel.astype(self.dtype), self.strides, self.dilation, self.padding,
+                           self.implementation)
+        return x + bias.astype(self.dtype)
+
+
 class MobileNetPoseNet(nn.Module):
     """A MobileNet-style convolution chain with PoseNet heads (see the module docstring).
 
@@ -52,6 +74,8 @@ class MobileNetPoseNet(nn.Module):
       preprocess: input normalisation (`hvpose.models.preprocess`); PoseNet's weights expect "unit".
       map_stride: as `KeypointNet.map_stride`: 1 upsamples to every crop pixel; the output stride keeps the grid.
       dtype: compute dtype; parameters are float32 and the heads run in float32.
+      depthwise: how depthwise layers compute (`hvpose.ops.depthwise`): "auto" (shifted slices on CPU, where
+        XLA's grouped convolution is slow; grouped elsewhere), "shifted" or "grouped".
     """
 
     layers: tuple[ConvSpec, ...]
@@ -60,9 +84,11 @@ class MobileNetPoseNet(nn.Module):
     preprocess: str = "unit"
     map_stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    depthwise: str = "auto"
 
     def __post_init__(self) -> None:
         check_preprocess(self.preprocess)
+        resolve(self.depthwise)
         super().__post_init__()
 
     @property
@@ -77,10 +103,13 @@ class MobileNetPoseNet(nn.Module):
         del train  # no batch norm or dropout: PoseNet's batch norm is folded into the biases
         x = preprocess(crops, self.preprocess).astype(self.dtype)
         for index, spec in enumerate(self.layers):
-            groups = x.shape[-1] if spec.kind == "depthwise" else 1
-            x = nn.Conv(spec.features, spec.kernel, strides=spec.stride, padding=spec.padding,
-                        kernel_dilation=spec.dilation, feature_group_count=groups, dtype=self.dtype,
-                        name=f"conv{index}_{spec.kind}")(x)
+            name = f"conv{index}_{spec.kind}"
+            if spec.kind == "depthwise":
+                x = DepthwiseConv(spec.features, spec.kernel, spec.stride, spec.dilation, spec.padding,
+                                  self.depthwise, self.dtype, name=name)(x)
+            else:
+                x = nn.Conv(spec.features, spec.kernel, strides=spec.stride, padding=spec.padding,
+                            kernel_dilation=spec.dilation, dtype=self.dtype, name=name)(x)
             x = _ACTIVATIONS[spec.activation](x)
         x = x.astype(jnp.float32)
         k = self.num_keypoints
