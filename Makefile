@@ -30,6 +30,8 @@ bench: setup
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/detector.py
+	$(PY) benchmarks/posenet_cpu.py
+	$(PY) benchmarks/search.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

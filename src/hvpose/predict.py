@@ -180,10 +180,16 @@ def read_boxes(path: str, image_id: int | None = None) -> np.ndarray:
         raise ValueError(f"{path}: {error}") from None
 
 
-def _detector(workdir: str) -> BoxSource:
-    from hvpose.detector import Detector
+def load_predictor(weights: str, detector: str | None = None) -> Predictor:
+    """The predictor the commands use: a PoseNet TF.js model.json, or an hvpose training workdir; `detector` (a
+    trained person detector's workdir) finds the people in photos given without boxes."""
+    if weights.endswith(".json"):
+        if detector is None:
+            return Predictor.from_posenet_tfjs(weights)
+        from hvpose.detector import Detector
 
-    return Detector.from_workdir(workdir)
+        return Predictor.from_posenet_tfjs(weights, box_source=Detector.from_workdir(detector))
+    return Predictor.from_checkpoint(weights, detector=detector)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,11 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hvpose.errors import USER_ERRORS
 
     try:
-        if args.weights.endswith(".json"):
-            options = {} if args.detector is None else {"box_source": _detector(args.detector)}
-            predictor = Predictor.from_posenet_tfjs(args.weights, **options)
-        else:
-            predictor = Predictor.from_checkpoint(args.weights, detector=args.detector)
+        predictor = load_predictor(args.weights, args.detector)
         boxes = None
         if args.boxes:
             boxes = read_boxes(args.boxes, args.image_id)
