@@ -22,7 +22,7 @@ def test_small_model_overfits_the_real_coco_sample(shared_data, tmp_path):
     config.data.augment.enlarge = (1.25, 1.25)
     config.data.worker_count = 0
     config.train.batch_size = 12
-    config.train.steps = 300
+    config.train.steps = 150  # AP 1.0 at 100 and at 150 steps (AMD EPYC, 2026-12-04): 150 keeps a margin
     config.train.learning_rate = 4e-3
     config.train.warmup_steps = 20
     config.train.log_every = 50
