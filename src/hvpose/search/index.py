@@ -205,8 +205,9 @@ def build_index(images: str | os.PathLike[str], predictor: Any, out: str | os.Pa
     bar.close()
 
     index = merge_parts(folder, keypoint_set, photos, threshold, os.fspath(root.resolve()), weights)
+    present = set(photos)
     skipped = {photo: why for part in sorted(parts.glob("*.json"))
-               for photo, why in json.loads(part.read_text()).items() if why is not None and photo in set(photos)}
+               for photo, why in json.loads(part.read_text()).items() if why is not None and photo in present}
     _write_json(folder / "skipped.json", skipped)
     return BuildReport(len(index), len(photos) - len(skipped), skipped, resumed)
 
