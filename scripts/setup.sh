@@ -56,5 +56,8 @@ if ! [ -x "$VENV/bin/python" ] || ! is_suitable "$VENV/bin/python"; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+# Builds the native CPU voting kernel now rather than on first use (about 5 s; it says why if it cannot).
+"$VENV/bin/python" -c 'from hvpose.ops import native; import sys; sys.exit(native.ffi_target("hvpose_hough_vote_cpu") is None)' \
+  || echo "hvpose setup: the native voting kernel is unavailable (see above); voting uses the slower XLA scatter" >&2
 echo "$want" > "$stamp"
 echo "hvpose setup: done ($("$VENV/bin/python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'))" >&2

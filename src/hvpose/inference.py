@@ -82,10 +82,11 @@ def model_for_decoder(model: Any, decoder: str) -> Any:
 
 
 def network_fn(model: Any, flip_permutation: np.ndarray | None, radius: float,
-               decoder: str = "hough") -> Callable[[Any, jax.Array], jax.Array]:
+               decoder: str = "hough", mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, jax.Array], jax.Array]:
     """A pure function (variables, uint8 crops (B, H, W, 3)) -> (B, K, 3) keypoints (x, y, probability) in crop
     pixels. `model` is a `KeypointNet` or a `MobileNetPoseNet` (same outputs), with the map stride `decoder`
-    needs (`model_for_decoder`)."""
+    needs (`model_for_decoder`). With a `mesh` of several devices, crops batch-sharded over it are decoded where
+    they are (XLA would otherwise gather every crop's maps for the native CPU voting kernel)."""
     stride = model.map_stride
     # Voting needs a map on every crop pixel; argmax + offset reads any grid.
     if decoder == "hough" and stride != 1:
@@ -102,10 +103,17 @@ def network_fn(model: Any, flip_permutation: np.ndarray | None, radius: float,
             heatmaps_f, offsets_f = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"],
                                               permutation)
             heatmaps, offsets = (heatmaps + heatmaps_f) / 2, (offsets + offsets_f) / 2
+        return decode(heatmaps, offsets)
+
+    def decode(heatmaps: jax.Array, offsets: jax.Array) -> jax.Array:
         if decoder == "argmax_offset":
             return decode_argmax_offset(heatmaps, offsets, stride=stride)
         return decode_hough(heatmaps, offsets, radius)
 
+    if mesh is not None and mesh.size > 1:
+        spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+        # check_vma=False: an FFI call's result does not carry the manual axes its inputs vary over.
+        decode = jax.shard_map(decode, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
     return infer
 
 
@@ -191,7 +199,7 @@ class Pipeline:
         replicated = sharding.replicated(self.mesh)
         self.variables = jax.device_put(variables, replicated)
         infer = network_fn(self.model, keypoint_set.flip_permutation() if settings.flip_test else None, radius,
-                           settings.decoder)
+                           settings.decoder, self.mesh)
         # Crops stay on their devices; keypoints and the small per-box fields come back to every host.
         self._step = jax.jit(lambda v, b: {**{k: x for k, x in b.items() if k != "image"},
                                            "keypoints": infer(v, b["image"])},
