@@ -34,7 +34,9 @@ def machine_info() -> dict[str, Any]:
     backend = devices[0].platform
     accelerator = devices[0].device_kind if backend != "cpu" else None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    name = re.sub(r"[^a-z0-9]+", "-", (accelerator or f"cpu{cores}").lower()).strip("-")
+    # CPU results name the CPU model too: the same core count on another model is another machine.
+    cpu = re.sub(r"\(r\)|\(tm\)|\bprocessor\b|\bcpu\b|@.*$", " ", cpu_model().lower())
+    name = re.sub(r"[^a-z0-9]+", "-", accelerator.lower() if accelerator else f"{cpu} {cores}cores").strip("-")
     return {
         "name": name,
         "host": socket.gethostname(),
