@@ -1,13 +1,23 @@
-"""Benchmark: the jitted, sharded train step (forward, loss, backward, AdamW update) of real configs.
+"""Benchmark: the jitted, sharded train step (forward, loss, backward, AdamW update) of real configs: throughput,
+FLOP/s and MFU from XLA's cost analysis, and the share of the step outside the backbone.
 
-    python benchmarks/train_step.py [--config configs/demo.py] [--batch 16] [--repeats 5] [--paper]
-        [--out benchmarks/results/train_step-<machine>.json]
+    python benchmarks/train_step.py [--config configs/demo.py] [--batches 16] [--dtypes float32,bfloat16]
+        [--paper] [--paper_batches 1,2] [--repeats 5] [--out benchmarks/results/train_step-<machine>.json]
 
-Rows vary one setting of the config at a time against the config as it is (the baseline, same run):
-`loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th) and `model.dtype`
-(float32 against bfloat16). `--paper` adds `configs/coco.py` itself (ResNet-101 at
-output stride 8, 353x257, bfloat16) at a small batch: the step the paper's training repeats half a million
-times. Times are the best of `--repeats` steps after compilation, on a fixed random batch already on the devices.
+Sections (times are the best of `--repeats` steps after compilation, on a fixed random batch already on the
+devices):
+  * `loss_grid`: `loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th) against the
+    config as it is (the baseline, same run).
+  * `scaling`: for each batch size and compute dtype, the whole step beside the bare backbone's step (the same
+    ResNet, forward + backward of a stand-in loss on block4, and the same optimizer's update of the backbone's
+    parameters) on the same crops. `outside_backbone` = 1 - backbone time / step time: the heads, the upsampling
+    of the maps, the targets, the loss and the head's update. FLOPs per step come from XLA's cost analysis of
+    the compiled step (per device; the step is data-parallel, so every device runs the same program on its
+    share). MFU divides the achieved FLOP/s per device by the device's peak: the vendor's dense peak for the
+    dtype on known accelerators (float32 on GPU means TF32 tensor cores, JAX's default precision there), and
+    on a CPU the rate of a 2048x2048 matmul measured in the same run (a practical peak, not a spec).
+  `--paper` adds `configs/coco.py` itself (ResNet-101 at output stride 8, 353x257): the step the paper's
+  training repeats half a million times (about 7 s per crop on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -20,16 +30,31 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from hvpose import sharding
 from hvpose.data.crops import check_crop_size
-from hvpose.models.keypoint_net import KeypointNet
+from hvpose.models.keypoint_net import DTYPES, KeypointNet
+from hvpose.models.preprocess import preprocess
+from hvpose.models.resnet import ResNet
 from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
-from machine import machine_info, write_results
+from machine import best_time, machine_info, write_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Dense peak FLOP/s per chip from the vendors' spec sheets (no sparsity), by a substring of `device_kind`.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "H100": {"bfloat16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "TPU v6 lite": {"bfloat16": 918e12},
+    "TPU v5p": {"bfloat16": 459e12},
+    "TPU v5 lite": {"bfloat16": 197e12},
+    "TPU v4": {"bfloat16": 275e12},
+}
 
 
 def load_config(path: pathlib.Path) -> Any:
@@ -39,8 +64,30 @@ def load_config(path: pathlib.Path) -> Any:
     return module.get_config()
 
 
-def step_seconds(config: Any, batch_size: int, repeats: int) -> float:
-    config.train.batch_size = batch_size
+def peak_flops(dtype: str, repeats: int) -> tuple[float | None, str]:
+    """Peak FLOP/s of one device for `dtype`, and where the figure comes from."""
+    device = jax.devices()[0]
+    for kind, peaks in PEAK_FLOPS.items():
+        if kind in device.device_kind:
+            return peaks.get(dtype), f"{kind} spec sheet"
+    if device.platform != "cpu":
+        return None, f"unknown device {device.device_kind!r}"
+    size = 2048
+    a = jnp.ones((size, size), DTYPES[dtype])
+    matmul = jax.jit(lambda x: x @ x)
+    return 2 * size**3 / best_time(lambda: matmul(a), repeats), f"measured {size}x{size} {dtype} matmul"
+
+
+def compile_with_flops(jitted: Any, *args: Any) -> tuple[Any, float | None]:
+    """The compiled function (compiled once, then timed) and its FLOPs per call from XLA's cost analysis."""
+    compiled = jitted.lower(*args).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return compiled, (float(analysis["flops"]) if analysis and "flops" in analysis else None)
+
+
+def make_setup(config: Any, batch_size: int) -> dict[str, Any]:
+    """Model, optimizer, mesh, initial state and a random batch (uint8 crops and keypoints) on the devices."""
     crop = check_crop_size(**config.crop, output_stride=config.model.output_stride)
     model = KeypointNet(num_keypoints=17, map_stride=config.loss.map_stride, **config.model)
     optimizer = make_optimizer(config.train)
@@ -50,63 +97,163 @@ def step_seconds(config: Any, batch_size: int, repeats: int) -> float:
                                 rng.integers(0, 3, (batch_size, 17, 1))], -1).astype(np.float32)
     with jax.set_mesh(mesh):
         state = jax.device_put(init_state(model, optimizer, crop, 0), sharding.replicated(mesh))
-        step = jit_train_step(model, optimizer, learning_rate_schedule(config.train), config.loss.to_dict(), mesh,
-                              state)
         batch = jax.device_put({"image": rng.integers(0, 256, (batch_size, *crop, 3), np.uint8),
                                 "keypoints": keypoints}, sharding.batch_sharded(mesh))
-        state, metrics = step(state, batch)  # compile
+    return {"config": config, "model": model, "optimizer": optimizer, "mesh": mesh, "state": state, "batch": batch}
+
+
+def timed_steps(step: Any, carry: tuple, inputs: Any, repeats: int) -> float:
+    """Best time of `repeats` calls of step(*carry, inputs) -> (*carry, metrics), threading the donated carry."""
+    carry = step(*carry, inputs)[:-1]  # warm up
+    jax.block_until_ready(carry)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        *carry, metrics = step(*carry, inputs)
         jax.block_until_ready(metrics)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     return min(times)
+
+
+def full_step(setup: dict[str, Any], repeats: int) -> tuple[float, float | None]:
+    """(seconds, FLOPs) of the config's train step."""
+    config, mesh = setup["config"], setup["mesh"]
+    with jax.set_mesh(mesh):
+        step = jit_train_step(setup["model"], setup["optimizer"], learning_rate_schedule(config.train),
+                              config.loss.to_dict(), mesh, setup["state"])
+        compiled, flops = compile_with_flops(step, setup["state"], setup["batch"])
+        state = jax.tree.map(jnp.copy, setup["state"])  # the step donates its state
+        seconds = timed_steps(compiled, (state,), setup["batch"], repeats)
+    return seconds, flops
+
+
+def backbone_step(setup: dict[str, Any], repeats: int) -> tuple[float, float | None]:
+    """(seconds, FLOPs) of the bare backbone's step: forward + backward of mean(block4^2) in training mode and
+    the optimizer's update of the backbone's parameters, on the same crops."""
+    model, optimizer, mesh = setup["model"], setup["optimizer"], setup["mesh"]
+    backbone = ResNet(depth=model.depth, output_stride=model.output_stride, stride_on=model.stride_on,
+                      conv_bias=model.conv_bias, bn_frozen=model.bn_frozen, bn_momentum=model.bn_momentum,
+                      bn_epsilon=model.bn_epsilon, base_width=model.base_width, dtype=DTYPES[model.dtype])
+
+    def step(params: Any, batch_stats: Any, opt_state: Any, crops: jax.Array) -> tuple:
+        def loss(p: Any) -> tuple[jax.Array, Any]:
+            features, updates = backbone.apply({"params": p, "batch_stats": batch_stats},
+                                               preprocess(crops, model.preprocess), train=True,
+                                               mutable=["batch_stats"])
+            return jnp.mean(jnp.square(features["block4"].astype(jnp.float32))), updates["batch_stats"]
+
+        (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, value
+
+    state = setup["state"]
+    with jax.set_mesh(mesh):
+        params = jax.tree.map(jnp.copy, state.params["backbone"])
+        batch_stats = jax.tree.map(jnp.copy, state.batch_stats["backbone"])
+        opt_state = jax.device_put(optimizer.init(params), sharding.replicated(mesh))
+        replicated = sharding.replicated(mesh)
+        jitted = jax.jit(step, in_shardings=(replicated, replicated, replicated, sharding.batch_sharded(mesh)),
+                         out_shardings=replicated, donate_argnums=(0, 1, 2))
+        crops = setup["batch"]["image"]
+        compiled, flops = compile_with_flops(jitted, params, batch_stats, opt_state, crops)
+        seconds = timed_steps(compiled, (params, batch_stats, opt_state), crops, repeats)
+    return seconds, flops
+
+
+def scaling_rows(config_path: pathlib.Path, batches: list[int], dtypes: list[str], repeats: int,
+                 peaks: dict[str, tuple[float | None, str]]) -> list[dict[str, Any]]:
+    rows = []
+    devices = jax.device_count()
+    for dtype in dtypes:
+        peak, peak_source = peaks[dtype]
+        for batch in batches:
+            config = load_config(config_path)
+            config.model.dtype = dtype
+            config.train.batch_size = batch
+            setup = make_setup(config, batch)
+            seconds, flops = full_step(setup, repeats)
+            backbone_seconds, backbone_flops = backbone_step(setup, repeats)
+            achieved = flops / seconds if flops else None
+            rows.append({
+                "section": "scaling", "config": config_path.name, "dtype": dtype, "batch": batch,
+                "seconds": seconds, "crops_per_second": batch / seconds, "flops_per_step_per_device": flops,
+                "gflops_per_crop": flops * devices / batch / 1e9 if flops else None,
+                "achieved_flops_per_second_per_device": achieved,
+                "peak_flops_per_second_per_device": peak, "peak_source": peak_source,
+                "mfu": achieved / peak if achieved and peak else None,
+                "backbone_seconds": backbone_seconds, "backbone_flops_per_step_per_device": backbone_flops,
+                "outside_backbone": 1.0 - backbone_seconds / seconds,
+                "outside_backbone_flops": 1.0 - backbone_flops / flops if flops and backbone_flops else None})
+            print(f"  {config_path.name} {dtype} batch {batch}: {seconds:.3f} s, backbone {backbone_seconds:.3f} s",
+                  flush=True)
+    return rows
+
+
+def loss_grid_rows(config_path: pathlib.Path, batch: int, repeats: int) -> list[dict[str, Any]]:
+    base = load_config(config_path)
+    variants: list[tuple[str, int]] = [("as configured", base.loss.map_stride)]
+    variants += [(f"loss.map_stride={s}", s) for s in (1, 2, 4)
+                 if s != base.loss.map_stride and base.model.output_stride % s == 0]
+    rows, baseline = [], None
+    for label, stride in variants:
+        config = load_config(config_path)
+        config.loss.map_stride = stride
+        config.train.batch_size = batch
+        seconds, _ = full_step(make_setup(config, batch), repeats)
+        baseline = baseline or seconds
+        rows.append({"section": "loss_grid", "config": config_path.name, "variant": label, "batch": batch,
+                     "seconds": seconds, "crops_per_second": batch / seconds, "time_vs_baseline": seconds / baseline})
+    return rows
+
+
+def integers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=pathlib.Path, default=REPO / "configs" / "demo.py")
-    parser.add_argument("--batch", type=int, default=16, help="global batch (divisible by the device count)")
+    parser.add_argument("--batches", type=integers, default=[16],
+                        help="global batch sizes for the scaling section (divisible by the device count)")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--paper", action="store_true", help="also time configs/coco.py (slow on a CPU)")
-    parser.add_argument("--paper_batch", type=int, default=2)
+    parser.add_argument("--paper_batches", type=integers, default=[1, 2])
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="JSON results file (default: benchmarks/results/train_step-<machine>.json)")
     args = parser.parse_args()
     machine = machine_info()
     out = args.out or pathlib.Path(__file__).parent / "results" / f"train_step-{machine['name']}.json"
-    base = load_config(args.config)
-    variants: list[tuple[str, dict[str, Any]]] = [("as configured", {})]
-    for stride in (1, 2, 4):
-        if stride != base.loss.map_stride and base.model.output_stride % stride == 0:
-            variants.append((f"loss.map_stride={stride}", {"loss.map_stride": stride}))
-    other_dtype = "bfloat16" if base.model.dtype == "float32" else "float32"
-    variants.append((f"model.dtype={other_dtype}", {"model.dtype": other_dtype}))
-    rows = []
-    baseline = None
-    for label, overrides in variants:
-        config = load_config(args.config)
-        for key, value in overrides.items():
-            section, field = key.split(".")
-            config[section][field] = value
-        seconds = step_seconds(config, args.batch, args.repeats)
-        baseline = baseline or seconds
-        rows.append({"config": args.config.name, "variant": label, "batch": args.batch, "seconds": seconds,
-                     "crops_per_second": args.batch / seconds, "time_vs_baseline": seconds / baseline})
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    started = time.perf_counter()
+    peaks = {dtype: peak_flops(dtype, args.repeats) for dtype in dtypes}
+    rows: list[dict[str, Any]] = [{"section": "peak", "dtype": d, "flops_per_second": p, "source": s}
+                                  for d, (p, s) in peaks.items()]
+    rows += loss_grid_rows(args.config, args.batches[0], args.repeats)
+    rows += scaling_rows(args.config, args.batches, dtypes, args.repeats, peaks)
     if args.paper:
-        seconds = step_seconds(load_config(REPO / "configs" / "coco.py"), args.paper_batch, max(2, args.repeats // 2))
-        rows.append({"config": "coco.py", "variant": "as configured", "batch": args.paper_batch, "seconds": seconds,
-                     "crops_per_second": args.paper_batch / seconds, "time_vs_baseline": None})
+        rows += scaling_rows(REPO / "configs" / "coco.py", args.paper_batches, dtypes, max(2, args.repeats // 2),
+                             peaks)
 
-    print(f"Train step ({machine['cpu']}, {machine['cores']} cores, {machine['device_count']} "
-          f"{machine['jax_backend']} device(s), jax {jax.__version__}), best of {args.repeats}")
-    print(f"{'config':10} {'variant':30} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
-    for row in rows:
-        ratio = f"{row['time_vs_baseline']:7.2f}x" if row["time_vs_baseline"] else "       -"
+    print(f"\nTrain step ({machine['cpu']}, {machine['cores']} cores, {machine['device_count']} "
+          f"{machine['jax_backend']} device(s) {machine['accelerator'] or ''}, jax {jax.__version__}), best of "
+          f"{args.repeats}")
+    for dtype, (peak, source) in peaks.items():
+        print(f"peak {dtype}: {peak / 1e12 if peak else float('nan'):.3f} TFLOP/s per device ({source})")
+    print(f"\n{'config':10} {'variant':30} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
+    for row in (r for r in rows if r["section"] == "loss_grid"):
         print(f"{row['config']:10} {row['variant']:30} {row['batch']:5d} {row['seconds']:8.3f} "
-              f"{row['crops_per_second']:8.1f} {ratio}")
+              f"{row['crops_per_second']:8.1f} {row['time_vs_baseline']:7.2f}x")
+    print(f"\n{'config':10} {'dtype':9} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'GFLOP/crop':>10} {'TFLOP/s':>8} "
+          f"{'MFU':>6} {'backbone s':>10} {'outside bb':>10} {'(FLOPs)':>8}")
+    for row in (r for r in rows if r["section"] == "scaling"):
+        tflops = row["achieved_flops_per_second_per_device"]
+        print(f"{row['config']:10} {row['dtype']:9} {row['batch']:5d} {row['seconds']:8.3f} "
+              f"{row['crops_per_second']:8.2f} {row['gflops_per_crop'] or float('nan'):10.1f} "
+              f"{tflops / 1e12 if tflops else float('nan'):8.3f} {row['mfu'] or float('nan'):6.1%} "
+              f"{row['backbone_seconds']:10.3f} {row['outside_backbone']:10.1%} "
+              f"{row['outside_backbone_flops'] or float('nan'):8.1%}")
+    print(f"({time.perf_counter() - started:.0f} s)")
     write_results(out, "train_step", vars(args), machine, rows)
 
 
