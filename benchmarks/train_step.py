@@ -18,13 +18,19 @@ devices):
     on a CPU the rate of a 2048x2048 matmul measured in the same run (a practical peak, not a spec).
   `--paper` adds `configs/coco.py` itself (ResNet-101 at output stride 8, 353x257): the step the paper's
   training repeats half a million times (about 7 s per crop on a 2-core CPU).
+  * `peer` (with `--peer`, and `--paper`): the same network and loss in PyTorch (`train_step_torch.py`:
+    torchvision ResNet-101 dilated to output stride 8, channels-last, bfloat16 autocast, `torch.compile`) at the
+    paper batches and dtypes, run in a subprocess before JAX touches the device (both would claim its memory), and
+    `hvpose_time_vs_peer` for each pair. Needs torch and torchvision installed beside hvpose.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import pathlib
+import subprocess
 import sys
 import time
 from typing import Any
@@ -206,6 +212,17 @@ def loss_grid_rows(config_path: pathlib.Path, batch: int, repeats: int) -> list[
     return rows
 
 
+def peer_rows(batches: list[int], dtypes: list[str], repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The PyTorch peer's rows (`train_step_torch.py` in a subprocess) and what it ran on."""
+    command = [sys.executable, str(pathlib.Path(__file__).parent / "train_step_torch.py"),
+               "--batches", ",".join(map(str, batches)), "--dtypes", ",".join(dtypes), "--repeats", str(repeats)]
+    print("running the PyTorch peer:", " ".join(command), flush=True)
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = [{"section": "peer", "config": "coco.py", **row} for row in report.pop("rows")]
+    return rows, report
+
+
 def integers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
@@ -219,12 +236,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--paper", action="store_true", help="also time configs/coco.py (slow on a CPU)")
     parser.add_argument("--paper_batches", type=integers, default=[1, 2])
+    parser.add_argument("--peer", action="store_true",
+                        help="with --paper: also time the PyTorch peer (needs torch and torchvision)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="JSON results file (default: benchmarks/results/train_step-<machine>.json)")
     args = parser.parse_args()
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    peer, peer_report = [], None
+    if args.peer:
+        if not args.paper:
+            parser.error("--peer compares with the paper's config: add --paper")
+        peer, peer_report = peer_rows(args.paper_batches, dtypes, max(2, args.repeats // 2))
     machine = machine_info()
     out = args.out or pathlib.Path(__file__).parent / "results" / f"train_step-{machine['name']}.json"
-    dtypes = [d for d in args.dtypes.split(",") if d]
     started = time.perf_counter()
     peaks = {dtype: peak_flops(dtype, args.repeats) for dtype in dtypes}
     rows: list[dict[str, Any]] = [{"section": "peak", "dtype": d, "flops_per_second": p, "source": s}
@@ -234,6 +258,12 @@ def main() -> None:
     if args.paper:
         rows += scaling_rows(REPO / "configs" / "coco.py", args.paper_batches, dtypes, max(2, args.repeats // 2),
                              peaks)
+    for row in peer:
+        ours = [r for r in rows if r["section"] == "scaling" and r["config"] == "coco.py"
+                and r["dtype"] == row["dtype"] and r["batch"] == row["batch"]]
+        row["hvpose_time_vs_peer"] = ours[0]["seconds"] / row["seconds"] if ours else None
+        row["peer_device"] = peer_report
+    rows += peer
 
     print(f"\nTrain step ({machine['cpu']}, {machine['cores']} cores, {machine['device_count']} "
           f"{machine['jax_backend']} device(s) {machine['accelerator'] or ''}, jax {jax.__version__}), best of "
@@ -253,6 +283,10 @@ def main() -> None:
               f"{tflops / 1e12 if tflops else float('nan'):8.3f} {row['mfu'] or float('nan'):6.1%} "
               f"{row['backbone_seconds']:10.3f} {row['outside_backbone']:10.1%} "
               f"{row['outside_backbone_flops'] or float('nan'):8.1%}")
+    for row in peer:
+        ratio = row["hvpose_time_vs_peer"]
+        print(f"PyTorch peer {row['dtype']} batch {row['batch']}: {row['seconds']:.3f} s "
+              f"({row['crops_per_second']:.2f} crops/s); hvpose takes {ratio:.2f}x its time" if ratio else "")
     print(f"({time.perf_counter() - started:.0f} s)")
     write_results(out, "train_step", vars(args), machine, rows)
 

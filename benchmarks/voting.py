@@ -55,7 +55,6 @@ from machine import best_time, machine_info, write_results
 SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared"
                                      / "data"))
 POSENET = SHARED / "posenet/tfjs_mobilenet075_stride16/model-stride16.json"
-SPARSE_SIZES = (256, 1024, 4096)
 
 
 def make_inputs(kind: str, batch: int, height: int, width: int, keypoints: int, radius: float,
@@ -130,7 +129,7 @@ def kernel_rows(args: argparse.Namespace, bandwidth: float, rng: np.random.Gener
             implementations["native"] = functools.partial(hough_vote, *on_device, args.radius, method="native")
             implementations["native-1-thread"] = functools.partial(one_thread, *on_device)
         implementations["auto-from-numpy"] = functools.partial(hough_vote, heatmaps, offsets, args.radius)
-        for top_n in SPARSE_SIZES:
+        for top_n in (n for n in args.sparse_sizes if n <= args.height * args.width):
             implementations[f"sparse-{top_n}"] = functools.partial(hough_vote_sparse, *on_device, args.radius,
                                                                    top_n=top_n)
         reference = hough_vote_numpy(heatmaps, offsets, args.radius)
@@ -194,7 +193,7 @@ def sparse_error_rows(args: argparse.Namespace) -> list[dict]:
     index = (exact[..., 1] * heatmaps.shape[2] + exact[..., 0]).astype(np.int64)
     confident = np.take_along_axis(probability, index[:, None, :], axis=1)[:, 0, :] > 0.5
     rows = []
-    for top_n in SPARSE_SIZES:
+    for top_n in args.sparse_sizes:
         approximate = np.asarray(decode(hough_vote_sparse(heatmaps, offsets, args.radius, top_n=top_n)))
         distance = np.hypot(*(approximate[..., :2] - exact[..., :2]).transpose(2, 0, 1))
         rows.append({"section": "sparse_error", "top_n": top_n, "people": len(heatmaps),
@@ -215,6 +214,8 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=25.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--network_depth", type=int, default=101, help="ResNet depth for the inference share; 0: skip")
+    parser.add_argument("--sparse_sizes", type=lambda text: [int(n) for n in text.split(",") if n],
+                        default=[256, 1024, 4096], help="top_n values of the sparse variant, comma-separated")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="JSON results file (default: benchmarks/results/voting-<machine>.json)")
     args = parser.parse_args()
