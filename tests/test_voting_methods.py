@@ -1,6 +1,7 @@
 """Every voting method (`hough_vote(method=...)`) against the float64 reference, and the native CPU kernel's
-corners: batch and keypoint splits over threads, rows whose vote count is not a multiple of its vector width,
-vmap, gradients, devices, and the fallback where it cannot be built."""
+corners: crops and row bands over threads (pinned thread counts), rows whose vote count is not a multiple of its
+vector width, one-pixel maps, non-finite offsets, vmap, gradients, devices, and the fallback where it cannot be
+built."""
 
 import os
 import subprocess
@@ -33,7 +34,7 @@ def inputs(rng, shape, spread):
 
 @pytest.mark.parametrize("method", EXPLICIT)
 @pytest.mark.parametrize("shape, spread", [
-    ((1, 9, 7, 3), 3.0),    # one crop: its keypoints split over threads; 21 votes a row (not a multiple of 4)
+    ((1, 9, 7, 3), 3.0),    # one crop: row bands over threads; 21 votes a row (not a multiple of 4)
     ((3, 6, 11, 2), 8.0),   # more crops than threads, most votes off the map
     ((2, 5, 5, 1), 0.6),    # one keypoint: nothing to split
     ((2, 33, 17, 17), 5.0),
@@ -50,12 +51,33 @@ def test_every_method_matches_the_float64_reference(rng, native_available, metho
 def test_native_drops_non_finite_and_far_votes_like_the_scatter(rng, native_available):
     heatmaps, offsets = inputs(rng, (2, 8, 9, 5), 2.0)
     offsets[0, 1, 2, 3] = (np.nan, 0.0)
+    offsets[0, 2, 2, 3] = (0.0, np.nan)
+    offsets[0, 3, 3, 1] = (np.inf, 0.0)
     offsets[1, 4, 4, 0] = (0.0, -np.inf)
     offsets[1, 5, 5, 1] = (3e9, 1.0)  # beyond int32 if it were converted
+    offsets[1, 6, 6, 2] = (-3e9, -3e9)
     got = np.asarray(hough_vote(heatmaps, offsets, 2.0, method="native"))
     want = np.asarray(hough_vote(heatmaps, offsets, 2.0, method="scatter"))
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, hough_vote_numpy(heatmaps, offsets, 2.0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("threads", ["1", "3", "64"])
+def test_native_with_pinned_thread_counts_on_small_and_odd_maps(native_available, threads):
+    """Whether crops or row bands go to threads depends on the thread count, read when a call is traced: pinned
+    here (1, 3, and more than any map's rows), on maps of one row, one column, and fewer than 4 votes a row."""
+    run_python("""
+        import numpy as np
+        from hvpose.ops.voting import hough_vote, hough_vote_numpy
+        rng = np.random.default_rng(0)
+        for shape in [(1, 1, 1, 1), (2, 3, 1, 2), (3, 1, 5, 2), (1, 6, 5, 3), (4, 9, 7, 3), (5, 2, 2, 17)]:
+            h = rng.random(shape, dtype=np.float32)
+            o = rng.normal(0, 1.5, (*shape, 2)).astype(np.float32)
+            np.testing.assert_allclose(hough_vote(h, o, 1.5, method="native"), hough_vote_numpy(h, o, 1.5),
+                                       rtol=1e-5, atol=1e-7, err_msg=str(shape))
+        print("ok")
+    """, HVPOSE_NATIVE_THREADS=threads)
 
 
 def test_auto_is_native_on_cpu(rng, native_available):
@@ -86,10 +108,12 @@ def test_native_gradient_is_the_scatters(rng, native_available):
         assert np.abs(np.asarray(want)).max() > 0
 
 
-def test_unknown_method_is_refused(rng):
+def test_unknown_method_and_a_radius_per_keypoint_are_refused(rng):
     heatmaps, offsets = inputs(rng, (1, 4, 4, 1), 1.0)
     with pytest.raises(ValueError, match="not one of"):
         hough_vote(heatmaps, offsets, 1.0, method="fast")
+    with pytest.raises(ValueError, match="scalar"):  # the methods would broadcast it differently
+        hough_vote(heatmaps, offsets, np.ones(1, np.float32))
 
 
 def test_a_failing_compiler_raises_with_its_output(tmp_path, monkeypatch):

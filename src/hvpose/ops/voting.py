@@ -50,7 +50,8 @@ def _check_shapes(heatmaps_shape: tuple[int, ...], offsets_shape: tuple[int, ...
     if tuple(offsets_shape) != (*heatmaps_shape, 2):
         raise ValueError(f"offsets must be (B, H, W, K, 2) = {(*heatmaps_shape, 2)}, got shape {offsets_shape}")
     batch, height, width, num_keypoints = heatmaps_shape
-    if batch * (height + 1) * (width + 1) * num_keypoints >= 2**31 - 1:
+    # The scatter indexes the whole padded batch, the native kernel one crop padded on every side.
+    if max(batch * (height + 1) * (width + 1), (height + 2) * (width + 2)) * num_keypoints >= 2**31 - 1:
         raise ValueError(f"{heatmaps_shape} is too large for one call (int32 vote indices); vote in smaller batches")
 
 
@@ -75,6 +76,9 @@ def hough_vote(heatmaps: ArrayLike, offsets: ArrayLike, radius: ArrayLike, metho
     heatmaps = jnp.asarray(heatmaps, jnp.float32)
     offsets = jnp.asarray(offsets, jnp.float32)
     radius = jnp.asarray(radius, jnp.float32)
+    if radius.ndim:
+        raise ValueError(f"radius must be a scalar (vmap over calls for one radius per crop), got shape "
+                         f"{radius.shape}")
     if method == "scatter":
         return _hough_vote_scatter(heatmaps, offsets, radius)
     if method == "segment_sum":
@@ -158,7 +162,7 @@ def _hough_vote_segment_sum(heatmaps: jax.Array, offsets: jax.Array, radius: jax
 
 @jax.custom_jvp
 def _hough_vote_native(heatmaps: jax.Array, offsets: jax.Array, radius: jax.Array) -> jax.Array:
-    # R per crop: every operand then has the batch in front, so XLA can split the call along it over devices.
+    # R per crop: every operand then has the batch in front, and vmap stacks calls along it.
     per_crop = jnp.broadcast_to(radius, heatmaps.shape[:1])
     call = jax.ffi.ffi_call(NATIVE_TARGET, jax.ShapeDtypeStruct(heatmaps.shape, jnp.float32),
                             vmap_method="broadcast_all")
@@ -216,6 +220,8 @@ def hough_vote_numpy(heatmaps: ArrayLike, offsets: ArrayLike, radius: float,
     batch, height, width, num_keypoints = heatmaps.shape
     vote_x = np.arange(width, dtype=dtype)[None, None, :, None] + offsets[..., 0]
     vote_y = np.arange(height, dtype=dtype)[None, :, None, None] + offsets[..., 1]
+    finite = np.isfinite(vote_x) & np.isfinite(vote_y)  # votes with non-finite offsets are dropped
+    vote_x, vote_y = np.where(finite, vote_x, 0), np.where(finite, vote_y, 0)
     x0, y0 = np.floor(vote_x), np.floor(vote_y)
     fraction_x, fraction_y = vote_x - x0, vote_y - y0
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
@@ -225,7 +231,7 @@ def hough_vote_numpy(heatmaps: ArrayLike, offsets: ArrayLike, radius: float,
     for dy, dx, corner in ((0, 0, (1 - fraction_y) * (1 - fraction_x)), (0, 1, (1 - fraction_y) * fraction_x),
                            (1, 0, fraction_y * (1 - fraction_x)), (1, 1, fraction_y * fraction_x)):
         row, col = y0 + dy, x0 + dx
-        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        inside = finite & (row >= 0) & (row < height) & (col >= 0) & (col < width)
         index = ((channel * height + row) * width + col)[inside]
         scores += np.bincount(index, weights=(weight * corner)[inside], minlength=scores.size)
     return scores.reshape(batch, num_keypoints, height, width).transpose(0, 2, 3, 1)

@@ -21,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import jax
 import jaxlib
@@ -46,13 +47,20 @@ def find_compiler() -> str | None:
     return None
 
 
-def compile_library(source: pathlib.Path, compiler: str) -> pathlib.Path:
-    """The shared library built from `source`, compiled unless the cache has it (the file name is a hash of the
-    source, the compiler, jaxlib's version and the machine type). Raises RuntimeError with the compiler's output."""
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), compiler.encode(), jaxlib.__version__.encode(),
-                                     platform.machine().encode()])).hexdigest()[:16]
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
+COMPILE_TIMEOUT_SECONDS = 300
+
+
+def compile_library(source: pathlib.Path, compiler: str, rebuild: bool = False) -> pathlib.Path:
+    """The shared library built from `source`, compiled unless the cache has it (or `rebuild`). The file name is a
+    hash of the source, the compiler and its version, the flags, jaxlib's version and the machine type. Raises
+    RuntimeError with the compiler's output."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False,
+                             timeout=60).stdout
+    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, " ".join(FLAGS), jaxlib.__version__,
+                                    platform.machine()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
-    if target.exists():
+    if target.exists() and not rebuild:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("compiling %s (once; cached in %s)", source.name, target.parent)
@@ -60,22 +68,42 @@ def compile_library(source: pathlib.Path, compiler: str) -> pathlib.Path:
     # directory) never load a half-written library.
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so.tmp", delete=False) as tmp:
         partial = pathlib.Path(tmp.name)
-    command = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir(), str(source),
-               "-o", str(partial)]
+    command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(source), "-o", str(partial)]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=COMPILE_TIMEOUT_SECONDS)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
         os.replace(partial, target)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"{' '.join(command)} took over {COMPILE_TIMEOUT_SECONDS} s") from error
     finally:
         partial.unlink(missing_ok=True)
     return target
 
 
-@functools.cache
+def load_library(source: pathlib.Path, compiler: str) -> ctypes.CDLL:
+    """The compiled `source`, loaded; a cached library that does not load (truncated, say) is rebuilt once."""
+    try:
+        return ctypes.cdll.LoadLibrary(str(compile_library(source, compiler)))
+    except OSError as error:
+        log.warning("cached %s did not load (%s); rebuilding it", source.name, error)
+        return ctypes.cdll.LoadLibrary(str(compile_library(source, compiler, rebuild=True)))
+
+
+_registering = threading.Lock()
+
+
 def ffi_target(name: str) -> str | None:
     """Registers native target `name` for the CPU platform and returns its name, or None (reason logged once) when
-    native kernels are disabled (`HVPOSE_NATIVE=0`) or cannot be compiled here."""
+    native kernels are disabled (`HVPOSE_NATIVE=0`) or cannot be compiled here. Thread-safe: concurrent first
+    traces compile and register once."""
+    with _registering:
+        return _register(name)
+
+
+@functools.cache
+def _register(name: str) -> str | None:
     if os.environ.get("HVPOSE_NATIVE", "1") == "0":
         log.info("native kernels disabled by HVPOSE_NATIVE=0; %s uses its JAX twin", name)
         return None
@@ -85,13 +113,11 @@ def ffi_target(name: str) -> str | None:
         log.warning("no C++ compiler found ($CXX, c++, g++, clang++): %s uses its slower JAX twin", name)
         return None
     try:
-        library = ctypes.cdll.LoadLibrary(str(compile_library(SOURCES / source_name, compiler)))
+        library = load_library(SOURCES / source_name, compiler)
     except (RuntimeError, OSError) as error:
         log.warning("native kernel %s unavailable, using its JAX twin: %s", name, error)
         return None
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    # Every operand has the batch in front, so XLA may split the call over devices along it instead of gathering.
-    jax.ffi.register_ffi_target_as_batch_partitionable(name)
     return name
 
 
@@ -103,4 +129,4 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-__all__ = ["cache_dir", "compile_library", "cpu_threads", "ffi_target", "find_compiler"]
+__all__ = ["cache_dir", "compile_library", "cpu_threads", "ffi_target", "find_compiler", "load_library"]

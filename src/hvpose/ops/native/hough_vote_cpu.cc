@@ -13,8 +13,10 @@
 // per crop, so every operand has the batch in front. Same arithmetic as `_hough_vote_scatter` (float32), except
 // multiplying by 1 / (pi R^2) instead of dividing, and the summation order: the two agree to float32 rounding.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -57,7 +59,8 @@ struct Scratch {
     for (auto& w : weight) w.resize(rounded);
     column.resize(rounded);
     keypoint.resize(rounded);
-    // Lanes past the row's end read heatmap 0 and offset 0 at x = W - 1: they add zeros inside the accumulator.
+    // Lanes past the row's end (read from a zero-padded copy) sit at x = W - 1, so their arithmetic stays finite
+    // and in bounds; the scatter pass stops at the row's end and never adds them.
     for (int64_t j = 0; j < rounded; ++j) {
       column[j] = static_cast<float>(std::min(j / p.keypoints, p.width - 1));
       keypoint[j] = static_cast<int32_t>(j % p.keypoints);
@@ -159,13 +162,32 @@ void WriteRows(const Problem& p, int64_t crop, int64_t y_begin, int64_t y_end, c
   }
 }
 
-// Runs task(t) for t in [0, threads) on that many threads (the caller's included) and waits for all.
+// Runs task(t) for t in [0, threads) on up to that many threads (the caller's included) and waits for all. An
+// exception in a task (an allocation failing) comes back as false rather than ending the process; where a thread
+// cannot be started, the caller runs its tasks itself.
 template <typename Task>
-void Parallel(int64_t threads, const Task& task) {
+bool Parallel(int64_t threads, const Task& task) {
+  std::atomic<bool> failed{false};
+  auto guarded = [&](int64_t t) {
+    try {
+      task(t);
+    } catch (...) {
+      failed = true;
+    }
+  };
   std::vector<std::thread> workers;
-  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(task, t);
-  task(0);
+  int64_t started = 1;
+  for (; started < threads; ++started) {
+    try {
+      workers.emplace_back(guarded, started);
+    } catch (...) {
+      break;
+    }
+  }
+  guarded(0);
+  for (int64_t t = started; t < threads; ++t) guarded(t);
   for (auto& worker : workers) worker.join();
+  return !failed;
 }
 
 ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offsets, ffi::Buffer<ffi::F32> radius,
@@ -177,6 +199,9 @@ ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offse
   for (size_t i = 0; i + 3 < rank; ++i) batch *= dims[i];
   if (static_cast<int64_t>(radius.element_count()) != batch)
     return ffi::Error::InvalidArgument("radius must hold one R per crop");
+  if (offsets.element_count() != 2 * heatmaps.element_count() ||
+      votes->element_count() != heatmaps.element_count())
+    return ffi::Error::InvalidArgument("offsets must be (..., H, W, K, 2) and votes (..., H, W, K)");
   const Problem p{heatmaps.typed_data(), offsets.typed_data(), votes->typed_data(),
                   dims[rank - 3], dims[rank - 2], dims[rank - 1], radius.typed_data()};
   if (batch == 0 || p.height * p.width * p.keypoints == 0) return ffi::Error::Success();
@@ -186,7 +211,7 @@ ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offse
   if (batch % threads == 0 || batch >= 4 * threads) {
     // Whole crops per thread: no combining, and the crops balance (evenly, or within a quarter).
     threads = std::min(threads, batch);
-    Parallel(threads, [&](int64_t t) {
+    const bool done = Parallel(threads, [&](int64_t t) {
       std::vector<Scratch> own;
       own.emplace_back(p);
       for (int64_t crop = t; crop < batch; crop += threads) {
@@ -194,19 +219,23 @@ ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offse
         WriteRows(p, crop, 0, p.height, own);
       }
     });
-    return ffi::Error::Success();
+    return done ? ffi::Error::Success() : ffi::Error::Internal("out of memory in the voting kernel");
   }
   // Few crops: every thread takes a band of each crop's source rows into its own accumulator; then every thread
   // sums a band of output rows over the accumulators.
-  std::vector<Scratch> parts;
-  for (int64_t t = 0; t < threads; ++t) parts.emplace_back(p);
-  for (int64_t crop = 0; crop < batch; ++crop) {
-    Parallel(threads, [&](int64_t t) {
-      AccumulateRows(p, crop, p.height * t / threads, p.height * (t + 1) / threads, parts[t]);
-    });
-    Parallel(threads, [&](int64_t t) {
-      WriteRows(p, crop, p.height * t / threads, p.height * (t + 1) / threads, parts);
-    });
+  try {
+    std::vector<Scratch> parts;
+    for (int64_t t = 0; t < threads; ++t) parts.emplace_back(p);
+    for (int64_t crop = 0; crop < batch; ++crop) {
+      const bool done = Parallel(threads, [&](int64_t t) {
+        AccumulateRows(p, crop, p.height * t / threads, p.height * (t + 1) / threads, parts[t]);
+      }) && Parallel(threads, [&](int64_t t) {
+        WriteRows(p, crop, p.height * t / threads, p.height * (t + 1) / threads, parts);
+      });
+      if (!done) return ffi::Error::Internal("out of memory in the voting kernel");
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("out of memory in the voting kernel");
   }
   return ffi::Error::Success();
 }
