@@ -2,14 +2,25 @@
 
 Outside CI, a test whose real data or optional runtime is missing skips; in CI (`CI=true`, as `.ci/run` runs)
 the same absence fails the run, so a CI machine without them cannot pass by skipping.
+
+The session shares one JAX persistent compilation cache, fresh per run, with every process it starts (the CLI,
+README, notebook and multi-process tests compile the same steps again): set before anything imports JAX.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import pathlib
+import shutil
+import tempfile
 from types import ModuleType
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="hvpose-test-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 
 import numpy as np
 import pytest
