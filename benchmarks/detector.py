@@ -12,7 +12,9 @@ Sections (each with `roi_align_method` "gather" and "einsum" where it matters):
   1. train step: the whole jitted step (`jit_train_step` with `detector_objective`: forward, losses, backward,
      optimizer) against the bare backbone's forward+backward (the detector's own ResNet, its `stages`, from the
      same images, BatchNorm in training mode) timed beside it; `outside_backbone` is the share of the step's time
-     not explained by the backbone. Then the pieces of the objective outside the backbone, each jitted on its own
+     not explained by the backbone; FLOPs per image from XLA's cost analysis of the step, and MFU against the
+     device's peak (`machine.peak_flops`: the spec sheet on known accelerators, a matmul timed in the same run on a
+     CPU). Then the pieces of the objective outside the backbone, each jitted on its own
      (RPN head, `propose`, `sample_rois`, RoIAlign, box head, `rpn_targets`, the losses, the optimizer update),
      as a share of the step: they overlap (e.g. the losses include `rpn_targets`) and miss fusion across their
      borders, so they do not add up exactly; they say where the time goes.
@@ -59,7 +61,7 @@ from hvpose.models.resnet import ResNet, stage_units
 from hvpose.ops.nms import nms
 from hvpose.ops.roi_align import METHODS, roi_align
 from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
-from machine import machine_info, write_results
+from machine import compile_with_flops, machine_info, peak_flops, write_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COCO_CONFIG = REPO / "configs" / "detector_coco.py"
@@ -267,10 +269,12 @@ def train_sections(config: Any, batch_np: dict[str, np.ndarray], repeats: int
         fresh = jax.device_put(jax.jit(lambda: init_state(base, optimizer, canvas, 0))(), sharding.replicated(mesh))
         stages = Stages(base, fresh.params, fresh.batch_stats)
         backbone_grad = jax.jit(stages.backbone_grad)
+        peak, peak_source = peak_flops(config.model.dtype, repeats)
         for method in METHODS:
             model = base.clone(roi_align_method=method)
             state = jax.tree.map(jnp.copy, fresh)  # the step donates its state
-            step = jit_train_step(model, optimizer, schedule, objective, mesh, state)
+            step, flops = compile_with_flops(jit_train_step(model, optimizer, schedule, objective, mesh, state),
+                                             state, batch)
             step_seconds = median_seconds(advance, step, {"state": state}, batch, repeats=repeats)
             backbone_seconds = median_seconds(backbone_grad, stages.backbone_variables, batch["image"],
                                               repeats=repeats)
@@ -278,7 +282,12 @@ def train_sections(config: Any, batch_np: dict[str, np.ndarray], repeats: int
                               "step_ms": 1e3 * step_seconds, "images_per_second": batch_size / step_seconds,
                               "backbone_fwd_bwd_ms": 1e3 * backbone_seconds,
                               "backbone_images_per_second": batch_size / backbone_seconds,
-                              "outside_backbone": 1.0 - backbone_seconds / step_seconds})
+                              "outside_backbone": 1.0 - backbone_seconds / step_seconds,
+                              # FLOPs per device from XLA's cost analysis; MFU against `peak_source`.
+                              "gflops_per_image": flops * jax.device_count() / batch_size / 1e9 if flops else None,
+                              "achieved_gflops_per_second": flops / step_seconds / 1e9 if flops else None,
+                              "mfu": flops / step_seconds / peak if flops and peak else None,
+                              "peak_source": peak_source})
             pieces[method] = {"whole train step": step_seconds, "backbone fwd+bwd": backbone_seconds}
         shared = train_pieces(stages, dict(objective.keywords["loss_settings"]), optimizer, fresh, batch, pieces,
                               repeats)
@@ -500,7 +509,7 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str,
         for i, (key, _, width) in enumerate(columns):
             value = row.get(key, "")
             if isinstance(value, float):
-                value = f"{value:.1%}" if "share" in key or key == "outside_backbone" else (
+                value = f"{value:.1%}" if "share" in key or key in ("outside_backbone", "mfu") else (
                     f"{value:.2f}x" if "_vs_" in key else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}")
             cells.append(f"{value!s:<{width}}" if i == 0 else f"{value!s:>{width}}")
         print(" ".join(cells))
@@ -556,7 +565,8 @@ def main() -> None:
     print_table("1. Train step against the bare backbone (forward+backward) in the same run", step_rows, [
         ("roi_align_method", "roi_align", 10), ("batch", "batch", 5), ("step_ms", "step ms", 9),
         ("images_per_second", "images/s", 9), ("backbone_fwd_bwd_ms", "backbone ms", 11),
-        ("backbone_images_per_second", "bb images/s", 11), ("outside_backbone", "outside bb", 10)])
+        ("backbone_images_per_second", "bb images/s", 11), ("outside_backbone", "outside bb", 10),
+        ("gflops_per_image", "GFLOP/img", 9), ("achieved_gflops_per_second", "GFLOP/s", 8), ("mfu", "MFU", 6)])
     print_table("1b. Pieces of the train step, each jitted alone (overlapping; share of that method's step)",
                 piece_rows, [("piece", "piece", 42), ("gather_ms", "gather ms", 10),
                              ("gather_share_of_step", "of step", 8), ("einsum_ms", "einsum ms", 10),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 def cpu_model() -> str:
@@ -93,3 +94,37 @@ def code_version() -> dict[str, Any]:
 
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain",
                                                                                  "--untracked-files=no"))}
+
+
+# Dense peak FLOP/s per chip from the vendors' spec sheets (no sparsity), by a substring of `device_kind`.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "H100": {"bfloat16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "TPU v6 lite": {"bfloat16": 918e12},
+    "TPU v5p": {"bfloat16": 459e12},
+    "TPU v5 lite": {"bfloat16": 197e12},
+    "TPU v4": {"bfloat16": 275e12},
+}
+
+
+def peak_flops(dtype: str, repeats: int) -> tuple[float | None, str]:
+    """Peak FLOP/s of one device for `dtype`, and where the figure comes from."""
+    device = jax.devices()[0]
+    for kind, peaks in PEAK_FLOPS.items():
+        if kind in device.device_kind:
+            return peaks.get(dtype), f"{kind} spec sheet"
+    if device.platform != "cpu":
+        return None, f"unknown device {device.device_kind!r}"
+    size = 2048
+    a = jnp.ones((size, size), jnp.dtype(dtype))
+    matmul = jax.jit(lambda x: x @ x)
+    return 2 * size**3 / best_time(lambda: matmul(a), repeats), f"measured {size}x{size} {dtype} matmul"
+
+
+def compile_with_flops(jitted: Any, *args: Any) -> tuple[Any, float | None]:
+    """The compiled function (compiled once, then timed) and its FLOPs per call from XLA's cost analysis."""
+    compiled = jitted.lower(*args).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return compiled, (float(analysis["flops"]) if analysis and "flops" in analysis else None)

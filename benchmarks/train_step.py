@@ -47,49 +47,15 @@ from hvpose.models.keypoint_net import DTYPES, KeypointNet
 from hvpose.models.preprocess import preprocess
 from hvpose.models.resnet import ResNet
 from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
-from machine import best_time, machine_info, write_results
+from machine import compile_with_flops, machine_info, peak_flops, write_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-# Dense peak FLOP/s per chip from the vendors' spec sheets (no sparsity), by a substring of `device_kind`.
-PEAK_FLOPS = {
-    "H200": {"bfloat16": 989e12, "float32": 494e12},
-    "H100": {"bfloat16": 989e12, "float32": 494e12},
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-    "TPU v6 lite": {"bfloat16": 918e12},
-    "TPU v5p": {"bfloat16": 459e12},
-    "TPU v5 lite": {"bfloat16": 197e12},
-    "TPU v4": {"bfloat16": 275e12},
-}
-
 
 def load_config(path: pathlib.Path) -> Any:
     spec = importlib.util.spec_from_file_location("benchmark_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def peak_flops(dtype: str, repeats: int) -> tuple[float | None, str]:
-    """Peak FLOP/s of one device for `dtype`, and where the figure comes from."""
-    device = jax.devices()[0]
-    for kind, peaks in PEAK_FLOPS.items():
-        if kind in device.device_kind:
-            return peaks.get(dtype), f"{kind} spec sheet"
-    if device.platform != "cpu":
-        return None, f"unknown device {device.device_kind!r}"
-    size = 2048
-    a = jnp.ones((size, size), DTYPES[dtype])
-    matmul = jax.jit(lambda x: x @ x)
-    return 2 * size**3 / best_time(lambda: matmul(a), repeats), f"measured {size}x{size} {dtype} matmul"
-
-
-def compile_with_flops(jitted: Any, *args: Any) -> tuple[Any, float | None]:
-    """The compiled function (compiled once, then timed) and its FLOPs per call from XLA's cost analysis."""
-    compiled = jitted.lower(*args).compile()
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    return compiled, (float(analysis["flops"]) if analysis and "flops" in analysis else None)
 
 
 def make_setup(config: Any, batch_size: int) -> dict[str, Any]:
