@@ -9,7 +9,9 @@ Rows (best of `--repeats` after a warm-up; compilation excluded), on 353x257 cro
     `hough` (voting at full crop resolution), `hough` with the flip test (two network passes), and
     `argmax_offset-grid` with the flip test; all as `hvpose.inference` runs them;
   * predictor: `hvpose.Predictor` on a real COCO photo with its people's boxes, image in, people out (cropping on
-    the host included).
+    the host included), then the same call by stage: boxes (PoseNet's own multi-person decoding of the whole photo,
+    the predictor's box source, in the `predictor-detect` row), crops (decode and warp on the host), network +
+    decoding + back to the image + instance scores (`people_in_batch`), OKS-NMS; people per second end to end.
 Ratios are to the baseline row of the same network, since this machine's absolute speed is noisy.
 """
 
@@ -28,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import hvpose
-from hvpose.inference import model_for_decoder, network_fn
+from hvpose.data.images import decode_image
+from hvpose.inference import as_boxes, model_for_decoder, network_fn
 from hvpose.keypoints import COCO17
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.pretrained import load_posenet_tfjs
@@ -37,6 +40,36 @@ from machine import best_time, machine_info, write_results
 SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared"
                                      / "data"))
 POSENET = SHARED / "posenet/tfjs_mobilenet075_stride16/model-stride16.json"
+
+
+def predictor_stage_rows(predictor: hvpose.Predictor, photo: pathlib.Path, boxes: list, repeats: int
+                         ) -> list[dict]:
+    """The Predictor's call on one photo, stage by stage (each timed alone, best of `repeats`), and end to end
+    with the boxes from its own box source (PoseNet's multi-person decoding)."""
+    pipeline = predictor.pipeline
+    encoded = photo.read_bytes()
+    pixels = decode_image(encoded)
+    scored = as_boxes(boxes)
+    batches = list(pipeline.image_batches(encoded, scored))
+    people = [p for batch in batches for p in pipeline.people_in_batch(batch)]
+    stages = {
+        "boxes: PoseNet's own decoding": lambda: predictor.box_source(pixels),
+        "crops (host decode + warp)": lambda: list(pipeline.image_batches(encoded, scored)),
+        "network + decoding + to image + scores": lambda: [pipeline.people_in_batch(b) for b in batches],
+        "OKS-NMS": lambda: pipeline.suppress(people),
+    }
+    rows = []
+    for stage, fn in stages.items():
+        seconds = best_time(fn, repeats)
+        rows.append({"what": "predictor-stage", "network": "posenet-mobilenet075-os16", "decoder": stage,
+                     "flip_test": True, "seconds": seconds, "crops_per_second": len(boxes) / seconds,
+                     "time_vs_baseline": None, "boxes": len(boxes)})
+    found = predictor(photo)
+    seconds = best_time(lambda: predictor(photo), repeats)
+    rows.append({"what": "predictor-detect", "network": "posenet-mobilenet075-os16", "decoder": "boxes from PoseNet",
+                 "flip_test": True, "seconds": seconds, "crops_per_second": len(found) / seconds,
+                 "time_vs_baseline": None, "boxes": len(found)})
+    return rows
 
 
 def main() -> None:
@@ -82,13 +115,15 @@ def main() -> None:
                  "decoder": predictor.pipeline.settings.decoder,
                  "flip_test": True, "seconds": seconds, "crops_per_second": len(boxes) / seconds,
                  "time_vs_baseline": None, "boxes": len(boxes)})
+    rows += predictor_stage_rows(predictor, photo, boxes, args.repeats)
 
     print(f"Inference, batch {args.batch} x 353x257 ({machine['cpu']}, {machine['cores']} cores, jax "
           f"{jax.__version__} on {machine['jax_backend']}), best of {args.repeats}")
-    print(f"{'what':10} {'network':26} {'decoder':18} {'flip':5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
+    print(f"{'what':16} {'network':26} {'decoder / stage':38} {'flip':5} {'seconds':>8} {'crops/s':>8} "
+          f"{'vs base':>8}")
     for row in rows:
         ratio = f"{row['time_vs_baseline']:7.2f}x" if row["time_vs_baseline"] else "       -"
-        print(f"{row['what']:10} {row['network']:26} {row['decoder']:18} {str(row['flip_test']):5} "
+        print(f"{row['what']:16} {row['network']:26} {row['decoder']:38} {str(row['flip_test']):5} "
               f"{row['seconds']:8.3f} {row['crops_per_second']:8.1f} {ratio}")
     write_results(out, "inference", vars(args), machine, rows)
 
