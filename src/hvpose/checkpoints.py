@@ -93,8 +93,8 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
       `eval.voting_radius` is gone (voting uses `loss.radius`, the same R);
     - `task` (the detector came with it) is "keypoints", `data.val.detector_workdir` and
       `data.synthetic.root` are empty;
-    - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder) get the value that
-      older versions used implicitly.
+    - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder,
+      `data.augment.shift_jitter`) get the value that older versions used implicitly.
     """
     config = copy.deepcopy(saved)
     if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
@@ -108,6 +108,7 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     config["data"]["val"].setdefault("detector_workdir", "")
     config["data"]["synthetic"].setdefault("root", "")
     augment = config["data"]["augment"]
+    augment.setdefault("shift_jitter", 0.0)
     if "enlarge_min" in augment:
         augment["enlarge"] = [augment.pop("enlarge_min"), augment.pop("enlarge_max")]
     if "inference" not in config:

@@ -84,6 +84,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.augment.enlarge = (1.0, 1.5)  # box enlargement range, uniform (paper)
     config.data.augment.rotation = 0.0  # max degrees; 0 = off (paper)
     config.data.augment.scale_jitter = 0.0  # extra zoom +-; 0 = off (paper)
+    config.data.augment.shift_jitter = 0.0  # crop centre shift, a fraction of the box +-; 0 = off (paper)
     config.data.augment.color_jitter = 0.0  # brightness/contrast/saturation strength; 0 = off (paper)
 
     config.train = ml_collections.ConfigDict()

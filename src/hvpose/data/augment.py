@@ -1,9 +1,11 @@
-"""Training-time augmentation: crop geometry sampling (enlargement, scale, rotation, flip) and colour jitter.
+"""Training-time augmentation: crop geometry sampling (enlargement, scale, shift, rotation, flip) and colour jitter.
 
 The defaults are the paper's setting: the box enlargement factor is uniform in [1.0, 1.5] (the paper's scale
 augmentation) and crops are flipped horizontally with probability 1/2, left/right keypoints swapped. Rotation,
-extra scale jitter and colour jitter are off by default; modern top-down trainers (mmpose, SimpleBaseline) use
-rotation up to 40 degrees and scale jitter of +-0.25-0.35, which the config can switch on.
+extra scale jitter, centre shift and colour jitter are off by default; modern top-down trainers (mmpose,
+SimpleBaseline) use rotation up to 40 degrees, scale jitter of +-0.25-0.35 and mmpose a centre shift of up to 0.16
+of the box, which the config can switch on. The shift trains the network on boxes as a detector draws them
+(off-centre), not only on ground-truth boxes centred on the person.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Augmentation:
     rotation: float = 0.0  # max rotation in degrees (uniform in [-rotation, rotation]); 0 = off
     rotation_probability: float = 0.6  # chance that a crop is rotated at all, when rotation > 0
     scale_jitter: float = 0.0  # extra zoom factor uniform in [1 - s, 1 + s]; 0 = off
+    shift_jitter: float = 0.0  # crop centre moved by uniform [-s, s] of the box's width and height; 0 = off
     color_jitter: float = 0.0  # brightness/contrast/saturation strength in [0, 1]; 0 = off
 
     def __post_init__(self) -> None:
@@ -32,6 +35,8 @@ class Augmentation:
             raise ValueError(f"enlarge range must satisfy 0 < low <= high, got {self.enlarge}")
         if not 0 <= self.scale_jitter < 1 or not 0 <= self.color_jitter <= 1 or self.rotation < 0:
             raise ValueError("scale_jitter must be in [0, 1), color_jitter in [0, 1], rotation >= 0")
+        if not 0 <= self.shift_jitter <= 0.5:
+            raise ValueError(f"shift_jitter must be in [0, 0.5] (a fraction of the box), got {self.shift_jitter}")
 
 
 def sample_geometry(box: tuple[float, float, float, float], rng: np.random.Generator, augment: Augmentation,
@@ -41,6 +46,9 @@ def sample_geometry(box: tuple[float, float, float, float], rng: np.random.Gener
     if augment.scale_jitter:
         enlarge *= rng.uniform(1 - augment.scale_jitter, 1 + augment.scale_jitter)
     center, size = extend_box(box, crop_size, enlarge)
+    if augment.shift_jitter:  # drawn only when on, so the other draws (and old runs) are unchanged when off
+        dx, dy = rng.uniform(-augment.shift_jitter, augment.shift_jitter, size=2)
+        center = (center[0] + dx * max(float(box[2]), 0.0), center[1] + dy * max(float(box[3]), 0.0))
     rotation = 0.0
     if augment.rotation and rng.random() < augment.rotation_probability:
         rotation = float(rng.uniform(-augment.rotation, augment.rotation))
