@@ -15,8 +15,9 @@ Implementations (`hough_vote(..., method=...)`), all exact to float32 rounding; 
     shifts. This does a quarter of the index arithmetic and bounds checks of four scalar scatters.
   * "segment_sum": the same votes through `jax.ops.segment_sum` (XLA lowers it to a scatter too).
   * "native": a C++ kernel called as an XLA FFI target on CPU (`hvpose/ops/native/hough_vote_cpu.cc`): vectorised
-    vote arithmetic, four adds per vote into a padded accumulator, crops on separate threads. XLA:CPU's scatter is a
-    generic single-threaded loop; this is several times faster (the benchmark says how much on your machine).
+    vote arithmetic, four adds per vote into a padded accumulator, crops as tasks on XLA's CPU thread pool.
+    XLA:CPU's scatter is a generic single-threaded loop; this is several times faster (the benchmark says how much on
+    your machine).
   * "auto" (default): "native" on CPU where it compiles, "scatter" on other backends (chosen per lowering
     platform, so one jitted function serves both; the accelerator choice is not yet measured against the others).
 Every method is differentiable (the native one through the scatter's derivative). XLA cannot split the native call

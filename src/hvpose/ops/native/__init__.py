@@ -4,7 +4,9 @@ Only hot paths where XLA:CPU is measured to lose get one (`benchmarks/voting.py`
 accelerators use and that stays the reference. Compiling needs a C++17 compiler (`$CXX`, else c++/g++/clang++ on
 PATH) and takes about 5 s, once per source version, jaxlib version and machine type. Without a compiler, or with
 `HVPOSE_NATIVE=0`, `ffi_target` returns None with the reason logged once, and callers use their JAX twin. Kernels
-use as many threads as the process has cores, or `$HVPOSE_NATIVE_THREADS`.
+split their work into as many tasks as the process has cores, or `$HVPOSE_NATIVE_THREADS`, and run them on XLA's own
+CPU thread pool (shared by every CPU device of the process, so several devices voting at once do not oversubscribe
+the cores).
 
 The cache is `$HVPOSE_CACHE_DIR/native`, else `$XDG_CACHE_HOME/hvpose/native`, else `~/.cache/hvpose/native`.
 """
@@ -122,7 +124,8 @@ def _register(name: str) -> str | None:
 
 
 def cpu_threads() -> int:
-    """Threads a native kernel may use: `$HVPOSE_NATIVE_THREADS` if set, else the cores this process may run on.
+    """Tasks a native kernel splits its work into (at most this many run at once, on XLA's CPU thread pool):
+    `$HVPOSE_NATIVE_THREADS` if set, else the cores this process may run on.
     Read when a function is traced (it is a constant of the compiled call)."""
     if os.environ.get("HVPOSE_NATIVE_THREADS"):
         return max(1, int(os.environ["HVPOSE_NATIVE_THREADS"]))

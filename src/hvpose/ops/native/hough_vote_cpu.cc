@@ -8,16 +8,20 @@
 //      get weight 0 (and a harmless index).
 //   2. scalar: four adds per vote into the accumulator, which has one spare row and column on each side, so no
 //      corner needs a bounds check.
-// Then the accumulator's interior is the output. Threads take whole crops, or, when crops are too few to balance,
-// bands of each crop's rows, each into its own accumulator, summed at the end: there are no atomics. R comes one
+// Then the accumulator's interior is the output. Tasks take whole crops, or, when crops are too few to balance,
+// bands of each crop's rows, each into its own accumulator, summed at the end: there are no atomic adds. Tasks run on
+// XLA's CPU thread pool (`Parallel`). R comes one
 // per crop, so every operand has the batch in front. Same arithmetic as `_hough_vote_scatter` (float32), except
 // multiplying by 1 / (pi R^2) instead of dividing, and the summation order: the two agree to float32 rounding.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <new>
-#include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -162,36 +166,56 @@ void WriteRows(const Problem& p, int64_t crop, int64_t y_begin, int64_t y_end, c
   }
 }
 
-// Runs task(t) for t in [0, threads) on up to that many threads (the caller's included) and waits for all. An
-// exception in a task (an allocation failing) comes back as false rather than ending the process; where a thread
-// cannot be started, the caller runs its tasks itself.
+// Runs task(t) for every t in [0, tasks) and waits for all: the caller claims tasks one by one from a shared counter,
+// and up to `tasks - 1` helpers scheduled on XLA's own CPU thread pool claim them too. The pool is the one XLA's
+// intra-op work runs on, shared by every CPU device of the process, so eight fake devices voting at once queue on
+// its threads rather than starting eight times the cores. Nothing waits for a helper that has not started: once
+// every task is claimed the caller only waits for the ones running, and a helper that starts late finds none left
+// (the state it reads is shared, so it outlives the call). An exception in a task (an allocation failing) comes back
+// as false rather than ending the process.
+struct Claims {
+  std::atomic<int64_t> next{0};
+  int64_t finished = 0;
+  bool failed = false;
+  std::mutex mutex;
+  std::condition_variable all_finished;
+};
+
 template <typename Task>
-bool Parallel(int64_t threads, const Task& task) {
-  std::atomic<bool> failed{false};
-  auto guarded = [&](int64_t t) {
-    try {
-      task(t);
-    } catch (...) {
-      failed = true;
+bool Parallel(ffi::ThreadPool& pool, int64_t tasks, const Task& task) {
+  auto claims = std::make_shared<Claims>();
+  // Claims and runs tasks until none is left. Only a claimed task touches `task`, and the caller returns only
+  // after every claimed task has finished, so `task` (on the caller's stack) is alive whenever it is used.
+  auto work = [claims, tasks, &task]() {
+    for (int64_t t; (t = claims->next.fetch_add(1)) < tasks;) {
+      bool ok = true;
+      try {
+        task(t);
+      } catch (...) {
+        ok = false;
+      }
+      std::lock_guard<std::mutex> lock(claims->mutex);
+      claims->failed |= !ok;
+      if (++claims->finished == tasks) claims->all_finished.notify_all();
     }
   };
-  std::vector<std::thread> workers;
-  int64_t started = 1;
-  for (; started < threads; ++started) {
+  const int64_t helpers = std::min<int64_t>(tasks - 1, std::max<int64_t>(pool.num_threads(), 0));
+  for (int64_t h = 0; h < helpers; ++h) {
     try {
-      workers.emplace_back(guarded, started);
-    } catch (...) {
+      auto helper = work;  // Schedule takes its own copy (an rvalue)
+      pool.Schedule(std::move(helper));
+    } catch (...) {  // cannot allocate the closure: the caller does the rest
       break;
     }
   }
-  guarded(0);
-  for (int64_t t = started; t < threads; ++t) guarded(t);
-  for (auto& worker : workers) worker.join();
-  return !failed;
+  work();
+  std::unique_lock<std::mutex> lock(claims->mutex);
+  claims->all_finished.wait(lock, [&] { return claims->finished == tasks; });
+  return !claims->failed;
 }
 
-ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offsets, ffi::Buffer<ffi::F32> radius,
-                     ffi::ResultBuffer<ffi::F32> votes, int64_t threads) {
+ffi::Error HoughVote(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offsets,
+                     ffi::Buffer<ffi::F32> radius, ffi::ResultBuffer<ffi::F32> votes, int64_t threads) {
   const auto dims = heatmaps.dimensions();
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("heatmaps must be (..., H, W, K)");
@@ -211,7 +235,7 @@ ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offse
   if (batch % threads == 0 || batch >= 4 * threads) {
     // Whole crops per thread: no combining, and the crops balance (evenly, or within a quarter).
     threads = std::min(threads, batch);
-    const bool done = Parallel(threads, [&](int64_t t) {
+    const bool done = Parallel(pool, threads, [&](int64_t t) {
       std::vector<Scratch> own;
       own.emplace_back(p);
       for (int64_t crop = t; crop < batch; crop += threads) {
@@ -227,9 +251,9 @@ ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offse
     std::vector<Scratch> parts;
     for (int64_t t = 0; t < threads; ++t) parts.emplace_back(p);
     for (int64_t crop = 0; crop < batch; ++crop) {
-      const bool done = Parallel(threads, [&](int64_t t) {
+      const bool done = Parallel(pool, threads, [&](int64_t t) {
         AccumulateRows(p, crop, p.height * t / threads, p.height * (t + 1) / threads, parts[t]);
-      }) && Parallel(threads, [&](int64_t t) {
+      }) && Parallel(pool, threads, [&](int64_t t) {
         WriteRows(p, crop, p.height * t / threads, p.height * (t + 1) / threads, parts);
       });
       if (!done) return ffi::Error::Internal("out of memory in the voting kernel");
@@ -244,6 +268,7 @@ ffi::Error HoughVote(ffi::Buffer<ffi::F32> heatmaps, ffi::Buffer<ffi::F32> offse
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HvposeHoughVoteCpu, HoughVote,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()        // XLA's intra-op CPU thread pool
                                   .Arg<ffi::Buffer<ffi::F32>>()  // heatmaps (..., H, W, K)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // offsets (..., H, W, K, 2)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // radius R per crop (...)
