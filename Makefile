@@ -15,8 +15,12 @@ demo: setup
 		--config.data.synthetic.root=workdir/demo/demo_data --config.data.cache_dir=workdir/demo/tfds
 	$(PY) -m hvpose.main --config=configs/demo.py --workdir=workdir/demo --config.data.val.boxes=detector
 
+# The suite in TEST_WORKERS processes (pytest-xdist), a test file per process at a time (module fixtures built
+# once): much of it is single-threaded (XLA compiles, subprocess start-up, COCOeval), so two processes on two cores
+# finish sooner than one. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
