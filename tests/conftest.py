@@ -57,10 +57,3 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files holding slow tests run first, each file's tests in their own order: with `make test`'s parallel
-    processes (a file per process) the longest tests then start early instead of finishing alone at the end."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
