@@ -4,7 +4,7 @@ import json
 import pathlib
 
 from hvpose.checkpoints import CONFIG_FILE, read_config, upgrade_config
-from hvpose.configs import demo
+from hvpose.configs import demo, detector_demo
 from hvpose.data.augment import Augmentation
 from hvpose.inference import InferenceSettings
 from hvpose.models.keypoint_net import KeypointNet
@@ -37,3 +37,11 @@ def test_an_old_demo_config_upgrades_to_todays_layout(tmp_path):
 def test_todays_config_is_left_as_it_is():
     today = json.loads(json.dumps(demo.get_config().to_dict()))
     assert upgrade_config(today) == today
+
+
+def test_a_detector_config_from_before_zoom_gets_no_zoom():
+    today = json.loads(json.dumps(detector_demo.get_config().to_dict()))
+    assert upgrade_config(today) == today
+    older = json.loads(json.dumps(today))
+    del older["data"]["augment"]["zoom"]
+    assert upgrade_config(older)["data"]["augment"] == {**today["data"]["augment"], "zoom": [1.0, 1.0]}

@@ -91,11 +91,11 @@ def lit_extent(canvas, channel):
     return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float64)
 
 
-def render(synthetic, image_id, seed=None, flip=True):
+def render(synthetic, image_id, seed=None, flip=True, zoom=(1.0, 1.0)):
     element = DetectionImages(synthetic)[synthetic.image_ids.index(image_id)]
     if seed is None:
         return EvalDetectionCanvas(CANVAS, MAX_BOXES).map(element)
-    return TrainDetectionCanvas(CANVAS, MAX_BOXES, flip).random_map(element, np.random.default_rng(seed))
+    return TrainDetectionCanvas(CANVAS, MAX_BOXES, flip, zoom=zoom).random_map(element, np.random.default_rng(seed))
 
 
 def test_canvas_size_and_box_helpers_by_hand():
@@ -186,6 +186,78 @@ def test_boxes_bound_the_drawn_rectangles_with_and_without_flips(synthetic, imag
                 out["image"][max(y1 - 3, 0):y2 + 3, max(x1 - 3, 0):x2 + 3]
             np.testing.assert_allclose(box, lit_extent(window, rectangle[0]), atol=1.0)
     assert 0 < flips < len(outs)
+
+
+@pytest.mark.parametrize("image_id", [1, 3, 4, 5])
+@pytest.mark.parametrize("zoom", [(0.5, 0.9), (1.3, 2.5)], ids=["out", "in"])
+def test_zoomed_boxes_bound_the_visible_part_of_each_rectangle(synthetic, image_id, zoom):
+    """Zoomed out (the image smaller than the canvas) or in (a random window of it): each target box is the
+    visible part of its rectangle within 1 px, rectangles the window cuts off have no box, and the scale is the
+    fitting one times a zoom in range."""
+    rectangles = IMAGES[image_id][3]
+    element = DetectionImages(synthetic)[synthetic.image_ids.index(image_id)]
+    transform = TrainDetectionCanvas(CANVAS, len(rectangles), zoom=zoom)  # every rectangle a target
+    fit_scale = render(synthetic, image_id)["scale"]
+    zooms = []
+    for seed in range(6):
+        out = transform.random_map(element, np.random.default_rng(seed))
+        zooms.append(out["scale"] / fit_scale)
+        assert zoom[0] - 1e-6 <= zooms[-1] <= zoom[1] + 1e-6
+        true_h, true_w = out["image_size"]
+        assert not out["image"][true_h:].any() and not out["image"][:, true_w:].any()
+        boxes = out["boxes"][out["box_valid"]]
+        # The visible rectangles: connected lit regions of their channel (image 5 draws all five in red).
+        visible = []
+        for channel in sorted({rectangle[0] for rectangle in rectangles}):
+            count, labels = cv2.connectedComponents((out["image"][..., channel] > 127).astype(np.uint8))
+            visible += [np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
+                        for ys, xs in (np.nonzero(labels == k) for k in range(1, count))]
+        visible = [v for v in visible if min(v[2] - v[0], v[3] - v[1]) > 2]  # slivers may round either way
+        for v in visible:
+            assert np.abs(boxes - v).max(axis=1).min() <= 1.0, (seed, boxes, visible)
+        assert len(visible) <= len(boxes) <= len(rectangles)
+        assert np.all(boxes[:, 2:] - boxes[:, :2] >= 1.0)
+        assert np.all(boxes[:, 2] <= true_w) and np.all(boxes[:, 3] <= true_h)
+    assert len(set(np.round(zooms, 4))) == len(zooms)  # a new zoom each draw
+
+
+def test_zoom_off_draws_nothing_more_and_bad_ranges_are_refused(synthetic):
+    """zoom (1, 1) is the plain flip augmentation with the same random stream; a range must be 0 < low <= high."""
+    for seed in range(4):
+        element = DetectionImages(synthetic)[0]
+        rng, plain_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        out = TrainDetectionCanvas(CANVAS, MAX_BOXES, zoom=(1.0, 1.0)).random_map(element, rng)
+        flip = plain_rng.random() < 0.5
+        assert rng.random() == plain_rng.random()  # one draw (the flip) and no more
+        expected = render(synthetic, 1)
+        if flip:
+            expected["boxes"][:2] = flip_boxes(expected["boxes"][:2], 320)
+        np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=1e-4)
+    for zoom in [(0.0, 1.0), (1.5, 1.2), (-1.0, 2.0)]:
+        with pytest.raises(ValueError, match="zoom"):
+            detection_train_loader(synthetic, 1, seed=0, canvas_size=CANVAS, max_boxes=MAX_BOXES, zoom=zoom)
+
+
+def test_zoomed_window_is_the_resized_image_at_a_whole_pixel_offset(synthetic):
+    """Image 1 (400x300 PNG, fitting scale 0.8) at zoom 2: the canvas is a 320x256 window of the image resized by
+    1.6, found at the offset the red rectangle's box implies, and the box is the rectangle scaled and shifted."""
+    image = cv2.cvtColor(cv2.imread(f"{synthetic.images_dir}/shrink.png"), cv2.COLOR_BGR2RGB)
+    full = cv2.resize(image, None, fx=1.6, fy=1.6, interpolation=cv2.INTER_LINEAR)
+    offsets = set()
+    for seed in range(8):
+        out = render(synthetic, 1, seed, flip=False, zoom=(2.0, 2.0))
+        assert out["scale"] == np.float32(1.6) and list(out["image_size"]) == [256, 320]
+        misfit = cv2.matchTemplate(full, out["image"], cv2.TM_SQDIFF)  # (225, 321): every whole-pixel offset
+        top, left = np.unravel_index(np.argmin(misfit), misfit.shape)
+        np.testing.assert_array_equal(out["image"], full[top:top + 256, left:left + 320])
+        offsets.add((top, left))
+        red = xyxy(IMAGES[1][3][0]) * 1.6 - [left, top, left, top]  # the rectangle on the window
+        expected = np.clip(red, 0, [320, 256, 320, 256])
+        if min(expected[2] - expected[0], expected[3] - expected[1]) >= 1:
+            np.testing.assert_allclose(out["boxes"][0], expected, atol=1e-4)
+        else:
+            assert not np.any(np.all(np.abs(out["boxes"] - expected) < 1e-3, axis=1))
+    assert len(offsets) > 1
 
 
 def test_truncation_keeps_the_largest_boxes_in_annotation_order(synthetic):

@@ -94,10 +94,12 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     - `task` (the detector came with it) is "keypoints", `data.val.detector_workdir` and
       `data.synthetic.root` are empty;
     - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder,
-      `data.augment.shift_jitter`) get the value that older versions used implicitly.
+      `data.augment.shift_jitter`; the detector's `data.augment.zoom`) get the value that older versions used
+      implicitly.
     """
     config = copy.deepcopy(saved)
     if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
+        config["data"]["augment"].setdefault("zoom", [1.0, 1.0])
         return config
     model, loss, train, evaluation = config["model"], config["loss"], config["train"], config["eval"]
     if "compute_dtype" in model:

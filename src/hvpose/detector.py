@@ -88,6 +88,7 @@ def training_task(config: ml_collections.ConfigDict, prepared: PreparedDataset) 
     loader = configured(detection_train_loader, {}, "data", prepared=prepared,
                         global_batch_size=config.train.batch_size, seed=config.seed, canvas_size=canvas,
                         max_boxes=config.data.max_boxes, flip=config.data.augment.flip,
+                        zoom=tuple(config.data.augment.zoom),
                         worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
     objective = functools.partial(detector_objective, loss_settings=loss_settings, seed=config.seed)
     return Task(model, canvas, objective, loader, "images", ("rpn_class_loss", "rpn_box_loss", "head_class_loss",

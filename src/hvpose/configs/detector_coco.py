@@ -82,6 +82,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.max_boxes = 32  # person boxes per image at most (more: the largest are kept; README)
     config.data.augment = ml_collections.ConfigDict()
     config.data.augment.flip = True  # horizontal flip (TFOD random_horizontal_flip)
+    config.data.augment.zoom = (1.0, 1.0)  # scale jitter range (z times the fitting scale); TFOD COCO: none
 
     config.train = base.train  # same fields as the keypoint training
     config.train.batch_size = 64  # global batch of images (TPU pod; TFOD used 1 image per GPU)

@@ -49,6 +49,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.max_boxes = 8  # scenes hold at most 4 people
     config.data.augment = ml_collections.ConfigDict()
     config.data.augment.flip = True  # horizontal flip
+    config.data.augment.zoom = (1.0, 1.0)  # no scale jitter
 
     config.train.batch_size = 16
     config.train.steps = 300  # sized to the demo's budget (README)

@@ -22,12 +22,16 @@ the evaluation loader's: identical for the same encoded bytes, and for the same 
 bytes are not a JPEG (a JPEG's DCT reduction only approximates block averaging).
 
 Training: shuffled (`IndexSampler` with a seed, a new order each epoch), this process's share (`ShardByJaxProcess`),
-a horizontal flip with probability 1/2 drawn from grain's per-element `RandomMap` generator, so batches do not depend
-on the worker count and `get_state`/`set_state` resume exactly. Evaluation: one pass in record order, padded with
-`valid=False` elements to whole global batches, as `hvpose.data.pipeline.eval_loader` does.
+a horizontal flip with probability 1/2 and optionally a zoom (scale jitter: the image at z times its fitting scale,
+z uniform in a range, a random window of it where it overhangs the canvas) drawn from grain's per-element `RandomMap`
+generator, so batches do not depend on the worker count and `get_state`/`set_state` resume exactly. Evaluation: one
+pass in record order, padded with `valid=False` elements to whole global batches, as
+`hvpose.data.pipeline.eval_loader` does.
 
-Each image carries at most `max_boxes` boxes: when it has more, the `max_boxes` largest by area (clipped, in image
-pixels; ties keep the earlier annotation) are kept, in annotation order, and the rest are dropped from the targets.
+Boxes left under one canvas pixel wide or high (tiny people far shrunk, or cut off by a zoomed window) are no
+targets. Each image carries at most `max_boxes` boxes: when it has more, the `max_boxes` largest by area (clipped,
+in image pixels; ties keep the earlier annotation) are kept, in annotation order, and the rest are dropped from the
+targets.
 """
 
 from __future__ import annotations
@@ -113,9 +117,10 @@ def _decode_reduced(data: bytes, reduction: int, max_pixels: int) -> np.ndarray:
     return reduce_image(decode_image(data, max_pixels=max_pixels), reduction)
 
 
-def _paste(reduced: np.ndarray, reduction: int, scale: float, true_h: int, true_w: int,
-           canvas_size: tuple[int, int], flip: bool) -> np.ndarray:
-    """The canvas: `reduced` (the image at 1/`reduction` size) resized by scale * reduction to the top-left."""
+def _paste(reduced: np.ndarray, reduction: int, scale: float, full_h: int, full_w: int,
+           canvas_size: tuple[int, int], flip: bool, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The canvas: `reduced` (the image at 1/`reduction` size) resized by scale * reduction to `full_h` x `full_w`,
+    mirrored when `flip`, and its window from `offset` (row, column) pasted at the top-left of the canvas."""
     factor = scale * reduction
     out_h, out_w = (int(np.rint(n * factor)) for n in reduced.shape[:2])
     interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
@@ -125,23 +130,42 @@ def _paste(reduced: np.ndarray, reduction: int, scale: float, true_h: int, true_
         resized = cv2.resize(reduced, None, fx=factor, fy=factor, interpolation=interpolation)
     else:  # a sliver of an image (e.g. 1 x 5000 pixels) that would round to nothing
         resized = cv2.resize(reduced, (max(out_w, 1), max(out_h, 1)), interpolation=interpolation)
-    resized = resized[:true_h, :true_w]  # past the true size: the reduced decode's last, partial block
-    if flip:
-        resized = resized[:, ::-1]
-    canvas = np.zeros((*canvas_size, 3), np.uint8)
+    resized = resized[:full_h, :full_w]  # past the full size: the reduced decode's last, partial block
     h, w = resized.shape[:2]
-    canvas[:h, true_w - w if flip else 0:true_w if flip else w] = resized
+    if flip:  # mirrored within the full width (a column short of it by rounding stays empty on the left)
+        resized = resized[:, ::-1]
+    top, left = offset
+    canvas = np.zeros((*canvas_size, 3), np.uint8)
+    window = resized[top:top + canvas_size[0], max(left - (full_w - w if flip else 0), 0):]
+    start = max((full_w - w if flip else 0) - left, 0)
+    window = window[:, :canvas_size[1] - start]
+    canvas[:window.shape[0], start:start + window.shape[1]] = window
     return canvas
 
 
 def _canvas_from_bytes(data: bytes, canvas_size: tuple[int, int], max_pixels: int, flip: bool = False
                        ) -> tuple[np.ndarray, float, int, int]:
+    canvas, scale, true_h, true_w, _ = _zoomed_canvas(data, canvas_size, max_pixels, flip, 1.0, None)
+    return canvas, scale, true_h, true_w
+
+
+def _zoomed_canvas(data: bytes, canvas_size: tuple[int, int], max_pixels: int, flip: bool, zoom: float,
+                   rng: np.random.Generator | None) -> tuple[np.ndarray, float, int, int, tuple[int, int, int]]:
+    """The canvas of encoded `data` at `zoom` times the fitting scale: (canvas, scale, true_h, true_w,
+    (full_w, top, left)). Past the canvas, a window at a random whole-pixel offset drawn from `rng` is kept."""
     width, height = image_size(data, max_pixels)
     scale, true_h, true_w = image_to_canvas_size(height, width, canvas_size)
+    full_h, full_w, top, left = true_h, true_w, 0, 0
+    if zoom != 1.0:
+        scale *= zoom
+        full_h, full_w = (max(1, int(np.rint(n * scale))) for n in (height, width))
+        top = int(rng.integers(max(full_h - canvas_size[0], 0) + 1))
+        left = int(rng.integers(max(full_w - canvas_size[1], 0) + 1))
+        true_h, true_w = min(canvas_size[0], full_h - top), min(canvas_size[1], full_w - left)
     reduction = reduction_for_scale(scale)
-    canvas = _paste(_decode_reduced(data, reduction, max_pixels), reduction, scale, true_h, true_w, canvas_size,
-                    flip)
-    return canvas, scale, true_h, true_w
+    canvas = _paste(_decode_reduced(data, reduction, max_pixels), reduction, scale, full_h, full_w, canvas_size,
+                    flip, (top, left))
+    return canvas, scale, true_h, true_w, (full_w, top, left)
 
 
 def prepare_image(image: bytes | np.ndarray, canvas_size: Sequence[int], max_pixels: int = DEFAULT_MAX_PIXELS
@@ -209,19 +233,23 @@ def _largest(boxes: np.ndarray, max_boxes: int) -> np.ndarray:
 
 
 def _render(element: dict[str, Any], canvas_size: tuple[int, int], max_boxes: int, flip: bool,
-            max_pixels: int) -> dict[str, Any]:
+            max_pixels: int, zoom: float = 1.0, rng: np.random.Generator | None = None) -> dict[str, Any]:
     out_boxes = np.zeros((max_boxes, 4), np.float32)
     box_valid = np.zeros(max_boxes, bool)
     out = {"image_id": element["image_id"], "boxes": out_boxes, "box_valid": box_valid}
     if not element["valid"]:
         return {**out, "image": np.zeros((*canvas_size, 3), np.uint8), "image_size": np.zeros(2, np.int32),
                 "scale": np.float32(1)}
-    canvas, scale, true_h, true_w = _canvas_from_bytes(element["image"], canvas_size, max_pixels, flip)
+    canvas, scale, true_h, true_w, (full_w, top, left) = _zoomed_canvas(element["image"], canvas_size, max_pixels,
+                                                                         flip, zoom, rng)
     boxes = _largest(np.asarray(element["boxes"], np.float64).reshape(-1, 4), max_boxes) * scale
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, full_w)
+    if flip:
+        boxes = flip_boxes(boxes, full_w)
+    boxes -= [left, top, left, top]
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, true_w)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, true_h)
-    if flip:
-        boxes = flip_boxes(boxes, true_w)
+    boxes = boxes[np.all(boxes[:, 2:] - boxes[:, :2] >= MIN_BOX_SIZE, axis=1)]  # under a canvas pixel: no target
     out_boxes[:len(boxes)] = boxes
     box_valid[:len(boxes)] = True
     return {**out, "image": canvas, "image_size": np.array([true_h, true_w], np.int32), "scale": np.float32(scale)}
@@ -233,18 +261,32 @@ def _check_max_boxes(max_boxes: int) -> int:
     return int(max_boxes)
 
 
+def _check_zoom(zoom: Sequence[float]) -> tuple[float, float]:
+    low, high = (float(v) for v in zoom)
+    if not 0 < low <= high:
+        raise ValueError(f"zoom must be a range (low, high) with 0 < low <= high, got {tuple(zoom)}")
+    return low, high
+
+
 @dataclasses.dataclass
 class TrainDetectionCanvas(grain.transforms.RandomMap):
-    """Image element -> canvas and padded boxes, mirrored with probability 1/2 when `flip`."""
+    """Image element -> canvas and padded boxes, mirrored with probability 1/2 when `flip`, and zoomed when `zoom`
+    is a range other than (1, 1): the image at z times its fitting scale, z uniform in `zoom`; where it then
+    overhangs the canvas, a window at a uniform whole-pixel offset. Boxes follow the pixels and are clipped to the
+    window; those left under a canvas pixel wide or high are dropped. `scale` is then the zoomed scale (the
+    window's offset is not carried: training does not map boxes back)."""
 
     canvas_size: tuple[int, int]
     max_boxes: int
     flip: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    zoom: tuple[float, float] = (1.0, 1.0)
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         flip = bool(rng.random() < 0.5) and self.flip
-        return _render(element, self.canvas_size, self.max_boxes, flip, self.max_pixels)
+        low, high = _check_zoom(self.zoom)
+        zoom = float(rng.uniform(low, high)) if (low, high) != (1.0, 1.0) else 1.0  # no draw when off
+        return _render(element, self.canvas_size, self.max_boxes, flip, self.max_pixels, zoom, rng)
 
 
 @dataclasses.dataclass
@@ -261,7 +303,8 @@ class EvalDetectionCanvas(grain.transforms.Map):
 
 
 def detection_train_loader(prepared: PreparedDataset, global_batch_size: int, *, seed: int,
-                           canvas_size: tuple[int, int], max_boxes: int, flip: bool = True, worker_count: int = 0,
+                           canvas_size: tuple[int, int], max_boxes: int, flip: bool = True,
+                           zoom: tuple[float, float] = (1.0, 1.0), worker_count: int = 0,
                            num_epochs: int | None = None, shard_options: grain.sharding.ShardOptions | None = None,
                            max_pixels: int = DEFAULT_MAX_PIXELS) -> grain.DataLoader:
     """Endless (or `num_epochs`) shuffled detection batches of this process's share of the images.
@@ -276,7 +319,8 @@ def detection_train_loader(prepared: PreparedDataset, global_batch_size: int, *,
     _ensure_flags_parsed()
     batch = _process_batch_size(global_batch_size, shard)
     source = DetectionImages(prepared)
-    transform = TrainDetectionCanvas(_check_canvas(canvas_size), _check_max_boxes(max_boxes), flip, max_pixels)
+    transform = TrainDetectionCanvas(_check_canvas(canvas_size), _check_max_boxes(max_boxes), flip, max_pixels,
+                                     _check_zoom(zoom))
     sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs,
                                           seed=seed)
     return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
