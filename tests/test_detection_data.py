@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from hvpose.configs import detector_demo
 from hvpose.data.detection import (
     DetectionImages,
     EvalDetectionCanvas,
@@ -295,8 +296,8 @@ def test_eval_batches_are_in_order_and_padded(synthetic):
     assert pad["scale"] == 1
 
 
-def train_batches(synthetic, seed, num_epochs):
-    return detection_train_loader(synthetic, 2, seed=seed, canvas_size=CANVAS, max_boxes=MAX_BOXES,
+def train_batches(synthetic, seed, num_epochs, zoom=(1.0, 1.0)):
+    return detection_train_loader(synthetic, 2, seed=seed, canvas_size=CANVAS, max_boxes=MAX_BOXES, zoom=zoom,
                                   num_epochs=num_epochs)
 
 
@@ -306,19 +307,21 @@ def assert_same_batch(got, expected):
         np.testing.assert_array_equal(got[key], expected[key])
 
 
-def test_training_is_deterministic_and_resumes_exactly(synthetic):
+@pytest.mark.parametrize("zoom", [(1.0, 1.0), detector_demo.get_config("long").data.augment.zoom],
+                         ids=["flip", "flip_and_zoom"])
+def test_training_is_deterministic_and_resumes_exactly(synthetic, zoom):
     # Finite (two epochs) so that grain's read-ahead stops early; the endless loader is checked below.
-    first = iter(train_batches(synthetic, 5, 2))
+    first = iter(train_batches(synthetic, 5, 2, zoom))
     batches = [next(first) for _ in range(2)]
     state = first.get_state()
     batches.append(next(first))  # elements 4 and 5: across the end of the first epoch
-    resumed = iter(train_batches(synthetic, 5, 2))
+    resumed = iter(train_batches(synthetic, 5, 2, zoom))
     resumed.set_state(state)
     assert_same_batch(next(resumed), batches[2])
-    again = iter(train_batches(synthetic, 5, 2))
+    again = iter(train_batches(synthetic, 5, 2, zoom))
     for expected in batches:
         assert_same_batch(next(again), expected)
-    other = next(iter(train_batches(synthetic, 6, 2)))
+    other = next(iter(train_batches(synthetic, 6, 2, zoom)))
     assert not all(np.array_equal(other[key], value) for key, value in batches[0].items())
 
 
