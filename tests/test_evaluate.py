@@ -183,3 +183,24 @@ def test_eval_chain_with_ideal_maps_scores_ap_1(shared_data, tmp_path):
     kept = suppress(people, COCO17.sigmas, 0.9)
     stats = coco_evaluate(prepared.dataset.raw, to_coco_results(kept, 1), COCO17.sigmas, verbose=False)
     assert stats["AP"] > 0.95, stats  # unlabelled keypoints decode somewhere; they do not count in OKS
+
+
+def test_picture_leaves_out_people_under_the_minimum_score(shared_data, tmp_path):
+    """`draw_predictions(..., min_score)` draws exactly the people scoring at least `min_score` (the evaluation
+    picture without the many low-scoring detections), and nothing when nobody does."""
+    from hvpose.evaluate import draw_predictions
+
+    sample = shared_data / "coco_sample"
+    prepared = prepare(sample / "test_coco.json", sample / "images", tmp_path)
+    people = [PredictedPerson(box=p.bbox, box_score=1.0, score=0.9 if n % 2 else 0.05,
+                              keypoints=np.concatenate([p.keypoints[:, :2], np.ones((17, 1))], axis=1),
+                              image_id=p.image_id)
+              for n, p in enumerate(p for i in prepared.image_ids for p in prepared.dataset.persons[i]
+                                    if p.is_training_target)]
+    confident = [p for p in people if p.score >= 0.5]
+    assert 0 < len(confident) < len(people)
+    drawn = draw_predictions(prepared, people, COCO17, 4, 0.3, min_score=0.5)
+    np.testing.assert_array_equal(drawn, draw_predictions(prepared, confident, COCO17, 4, 0.3))
+    assert drawn.shape != draw_predictions(prepared, people, COCO17, 4, 0.3).shape or \
+        np.any(drawn != draw_predictions(prepared, people, COCO17, 4, 0.3))
+    assert draw_predictions(prepared, people, COCO17, 4, 0.3, min_score=0.95) is None

@@ -94,8 +94,8 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     - `task` (the detector came with it) is "keypoints", `data.val.detector_workdir` and
       `data.synthetic.root` are empty;
     - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder,
-      `data.augment.shift_jitter`; the detector's `data.augment.zoom`) get the value that older versions used
-      implicitly.
+      `data.augment.shift_jitter`, `eval.draw_min_score`; the detector's `data.augment.zoom`) get the value that
+      older versions used implicitly.
     """
     config = copy.deepcopy(saved)
     if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
@@ -107,6 +107,7 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     model.setdefault("bn_epsilon", 1.001e-5)
     loss.setdefault("unlabelled", "negative")
     train.setdefault("schedule", "step")
+    evaluation.setdefault("draw_min_score", 0.0)
     config["data"]["val"].setdefault("detector_workdir", "")
     config["data"]["synthetic"].setdefault("root", "")
     augment = config["data"]["augment"]

@@ -110,8 +110,10 @@ def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score:
 
 
 def draw_predictions(prepared: PreparedDataset, people: list[PredictedPerson], keypoint_set: KeypointSet,
-                     count: int, threshold: float) -> np.ndarray | None:
-    """The first `count` images with predictions, drawn (keypoints scoring above `threshold`), in a grid."""
+                     count: int, threshold: float, min_score: float = 0.0) -> np.ndarray | None:
+    """The first `count` images with people scoring at least `min_score`, drawn (keypoints scoring above
+    `threshold`, each person labelled with its score), in a grid."""
+    people = [p for p in people if p.score >= min_score]
     image_ids = list(dict.fromkeys(p.image_id for p in people))[:count]
     if not image_ids:
         return None
@@ -191,7 +193,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
         dump(os.path.join(out_dir, "metrics.json"), stats)
         dump(os.path.join(out_dir, "results.json"), results)
         picture = draw_predictions(prepared, people, keypoint_set, config.eval.num_pictures,
-                                   config.eval.draw_threshold)
+                                   config.eval.draw_threshold, config.eval.draw_min_score)
         if picture is not None:
             visualize.save_png(os.path.join(out_dir, "predictions.png"), picture)
         compared = f" (with ground-truth boxes: AP {stats['AP_gt_boxes']:.4f})" if "AP_gt_boxes" in stats else ""

@@ -114,6 +114,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.batch_size = 64  # global evaluation batch
     config.eval.num_pictures = 4  # images drawn with predictions into eval/
     config.eval.draw_threshold = 0.3  # keypoints with probability above are drawn
+    config.eval.draw_min_score = 0.1  # people scoring below are left out of the picture (not of the results)
     config.eval.max_boxes = 0  # evaluate only the first N boxes (0 = all; for quick checks)
 
     config.init = ml_collections.ConfigDict()
