@@ -111,9 +111,8 @@ def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score:
 
 def draw_predictions(prepared: PreparedDataset, people: list[PredictedPerson], keypoint_set: KeypointSet,
                      count: int, threshold: float, min_score: float = 0.0) -> np.ndarray | None:
-    """The first `count` images with people scoring at least `min_score`, drawn (keypoints scoring above
-    `threshold`, each person labelled with its score), in a grid."""
-    people = [p for p in people if p.score >= min_score]
+    """The first `count` images with predictions, in a grid, each with its people scoring at least `min_score`
+    drawn (keypoints scoring above `threshold`, each person labelled with its score)."""
     image_ids = list(dict.fromkeys(p.image_id for p in people))[:count]
     if not image_ids:
         return None
@@ -121,7 +120,7 @@ def draw_predictions(prepared: PreparedDataset, people: list[PredictedPerson], k
     pictures = []
     for image_id in image_ids:
         image = decode_image(prepared.source[records[image_id]]["image"])
-        shown = [p for p in people if p.image_id == image_id]
+        shown = [p for p in people if p.image_id == image_id and p.score >= min_score]
         pictures.append(visualize.draw_people(image, [p.keypoints for p in shown], [p.box for p in shown],
                                               keypoint_set, threshold, [f"{p.score:.2f}" for p in shown]))
     return visualize.grid(pictures)
