@@ -39,9 +39,14 @@ def test_todays_config_is_left_as_it_is():
     assert upgrade_config(today) == today
 
 
-def test_a_detector_config_from_before_zoom_gets_no_zoom():
+def test_a_detector_config_from_before_zoom_and_soft_nms_gets_neither():
     today = json.loads(json.dumps(detector_demo.get_config().to_dict()))
     assert upgrade_config(today) == today
     older = json.loads(json.dumps(today))
     del older["data"]["augment"]["zoom"]
-    assert upgrade_config(older)["data"]["augment"] == {**today["data"]["augment"], "zoom": [1.0, 1.0]}
+    for field in ("nms_method", "soft_nms_sigma", "vote_iou"):
+        del older["inference"][field]
+    upgraded = upgrade_config(older)
+    assert upgraded["data"]["augment"] == {**today["data"]["augment"], "zoom": [1.0, 1.0]}
+    assert upgraded["inference"] == {**today["inference"], "nms_method": "greedy", "soft_nms_sigma": 0.5,
+                                     "vote_iou": 0.0}

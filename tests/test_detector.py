@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 from hvpose.detector_targets import detector_loss, rpn_targets
 from hvpose.models.detector import HEAD_BOX_WEIGHTS, FasterRCNN, detect, propose, sample_rois
+from hvpose.ops.nms import soft_nms, vote
 
 TINY = dict(depth=18, output_stride=16, stride_on="3x3", conv_bias=False, base_width=8, preprocess="unit",
             head="fc", fc_dim=32, roi_size=5, anchor_sizes=(16.0, 32.0), anchor_ratios=(1.0, 2.0), rpn_channels=16,
@@ -97,6 +98,30 @@ def test_detections_decode_with_head_weights_threshold_and_nms(rng):
     assert int(valid.sum()) == len(kept) > 0
     np.testing.assert_allclose(np.asarray(boxes)[:len(kept)], decoded[kept], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(np.asarray(scores)[:len(kept)], probability[kept], rtol=1e-5)
+
+
+def test_detections_with_soft_nms_and_box_voting_are_those_ops_on_the_usable_boxes(rng):
+    rois = random_anchors(rng, 30)
+    logits = rng.normal(size=(30, 2)).astype(np.float32)
+    deltas = rng.normal(scale=1.0, size=(30, 4)).astype(np.float32)
+    roi_valid = rng.random(30) < 0.8
+    boxes, scores, valid = (np.asarray(a) for a in detect(
+        jnp.asarray(logits), jnp.asarray(deltas), jnp.asarray(rois), jnp.asarray(roi_valid), jnp.array([100, 100]),
+        score_threshold=0.3, nms_threshold=0.5, max_detections=30, nms_method="soft", soft_nms_sigma=0.5,
+        vote_iou=0.6))
+    probability = np.exp(logits[:, 1]) / np.exp(logits).sum(1)
+    decoded = np.clip(decode_np(deltas, rois, HEAD_BOX_WEIGHTS), 0, 100).astype(np.float32)
+    usable = roi_valid & (probability > 0.3) & ((decoded[:, 2:] - decoded[:, :2]) > 0).all(1)
+    keep, kept_scores, kept_valid = (np.asarray(a) for a in soft_nms(decoded, np.where(usable, probability, -np.inf),
+                                                                     0.5, 30, 0.3))
+    expected = np.asarray(vote(decoded[keep], decoded, np.where(usable, probability, 0.0), 0.6))
+    count = int(kept_valid.sum())
+    assert 0 < count < usable.sum()  # decay took some boxes under the threshold
+    np.testing.assert_array_equal(valid, kept_valid)
+    np.testing.assert_allclose(scores[:count], kept_scores[:count], rtol=1e-5)
+    np.testing.assert_allclose(boxes[:count], expected[:count], rtol=1e-5, atol=1e-3)
+    assert not np.allclose(boxes[:count], decoded[keep[:count]], atol=1e-2)  # voting moved boxes
+    assert (boxes[count:] == 0).all() and (scores[count:] == 0).all()
 
 
 def test_training_rois_include_the_ground_truth_as_people():

@@ -94,12 +94,14 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     - `task` (the detector came with it) is "keypoints", `data.val.detector_workdir` and
       `data.synthetic.root` are empty;
     - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder,
-      `data.augment.shift_jitter`, `eval.draw_min_score`; the detector's `data.augment.zoom`) get the value that
-      older versions used implicitly.
+      `data.augment.shift_jitter`, `eval.draw_min_score`; the detector's `data.augment.zoom` and
+      `inference.nms_method`, `soft_nms_sigma`, `vote_iou`) get the value that older versions used implicitly.
     """
     config = copy.deepcopy(saved)
     if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
         config["data"]["augment"].setdefault("zoom", [1.0, 1.0])
+        for field, value in (("nms_method", "greedy"), ("soft_nms_sigma", 0.5), ("vote_iou", 0.0)):
+            config["inference"].setdefault(field, value)
         return config
     model, loss, train, evaluation = config["model"], config["loss"], config["train"], config["eval"]
     if "compute_dtype" in model:

@@ -39,7 +39,7 @@ from hvpose.data.tfds_coco import PreparedDataset
 from hvpose.detector_targets import check_loss_settings, detector_loss
 from hvpose.errors import ConfigError, DataError, configured
 from hvpose.metrics import dump
-from hvpose.models.detector import FasterRCNN, detect
+from hvpose.models.detector import NMS_METHODS, FasterRCNN, detect
 from hvpose.paths import resolve_workdir
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,17 @@ class DetectionSettings:
     score_threshold: float = 0.05  # person probability above which a box is kept (low ones still count for AP)
     nms_threshold: float = 0.5  # IoU above which the lower-scoring box is dropped
     max_detections: int = 100  # boxes per image at most (COCO's AR@100)
+    nms_method: str = "greedy"  # "greedy" (drop overlapping boxes) or "soft" (Gaussian soft-NMS: lower their scores)
+    soft_nms_sigma: float = 0.5  # soft-NMS: scores times exp(-IoU^2 / sigma) (Bodla et al. 2017's 0.5)
+    vote_iou: float = 0.0  # > 0: box voting, each kept box the score-weighted mean of the boxes over this IoU with it
 
     def __post_init__(self) -> None:
         if not 0 <= self.score_threshold < 1 or not 0 < self.nms_threshold <= 1 or self.max_detections < 1:
             raise ValueError("need 0 <= score_threshold < 1, 0 < nms_threshold <= 1 and max_detections >= 1")
+        if self.nms_method not in NMS_METHODS:
+            raise ValueError(f"nms_method {self.nms_method!r} is not one of {list(NMS_METHODS)}")
+        if not self.soft_nms_sigma > 0 or not 0 <= self.vote_iou <= 1:
+            raise ValueError("need soft_nms_sigma > 0 and 0 <= vote_iou <= 1 (0: no box voting)")
 
 
 def build_model(config: ml_collections.ConfigDict) -> FasterRCNN:
@@ -116,8 +123,7 @@ class Detector:
         self.batch_size = batch_size
         replicated = sharding.replicated(self.mesh)
         self.variables = jax.device_put(variables, replicated)
-        decode = functools.partial(detect, score_threshold=settings.score_threshold,
-                                   nms_threshold=settings.nms_threshold, max_detections=settings.max_detections)
+        decode = functools.partial(detect, **dataclasses.asdict(settings))
 
         def infer(variables: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
             outputs = model.apply(variables, batch["image"], batch["image_size"], train=False)

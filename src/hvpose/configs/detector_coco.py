@@ -103,6 +103,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.inference.score_threshold = 0.05  # keep low scores: AP needs them (D2 0.05)
     config.inference.nms_threshold = 0.6  # TFOD second-stage NMS
     config.inference.max_detections = 100  # per image (COCO AR@100)
+    config.inference.nms_method = "greedy"  # "greedy" (TFOD, D2) or "soft" (Gaussian soft-NMS, Bodla et al. 2017)
+    config.inference.soft_nms_sigma = 0.5  # soft-NMS: scores times exp(-IoU^2 / sigma) (Bodla et al.'s 0.5)
+    config.inference.vote_iou = 0.0  # box voting over this IoU (Gidaris & Komodakis 2015); 0: off (TFOD, D2)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 16  # global evaluation batch of images

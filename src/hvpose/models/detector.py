@@ -8,7 +8,8 @@
       -> RoIAlign (aligned) -> head: ResNet conv5_x on 14x14 RoIs max-pooled to 7x7 (the TF Object Detection API's
          Faster R-CNN ResNet-101) or two fully connected layers -> person/background logits and class-agnostic
          box deltas (weights 10, 10, 5, 5)
-      -> `detect`: decode, clip, score threshold, NMS, at most `max_detections` boxes per image
+      -> `detect`: decode, clip, score threshold, NMS (greedy or soft), optional box voting, at most
+         `max_detections` boxes per image
 
 Everything per image is a pure function vmapped over the batch. Proposals and RoIs carry `stop_gradient` (the
 approximate joint training of Faster R-CNN). Feature cell (i, j) sits on input pixel (stride*i, stride*j) (the
@@ -32,7 +33,7 @@ from hvpose.models.resnet import ResNet, stage_strides_and_dilations, stage_unit
 from hvpose.ops import boxes as box_ops
 from hvpose.ops.anchors import grid_anchors
 from hvpose.ops.matching import balanced_sample, match
-from hvpose.ops.nms import nms
+from hvpose.ops.nms import nms, soft_nms, vote
 from hvpose.ops.roi_align import roi_align
 
 HEADS = ("block4", "fc")
@@ -79,16 +80,36 @@ def sample_rois(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
             "targets": gt_boxes[matched[chosen]]}
 
 
+NMS_METHODS = ("greedy", "soft")
+
+
 def detect(class_logits: jax.Array, box_deltas: jax.Array, rois: jax.Array, roi_valid: jax.Array,
-           image_size: jax.Array, *, score_threshold: float, nms_threshold: float, max_detections: int
+           image_size: jax.Array, *, score_threshold: float, nms_threshold: float, max_detections: int,
+           nms_method: str = "greedy", soft_nms_sigma: float = 0.5, vote_iou: float = 0.0
            ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One image's detections from the head: (max_detections, 4) boxes, person probabilities, valid mask."""
+    """One image's detections from the head: (max_detections, 4) boxes, person probabilities, valid mask.
+
+    The head's boxes scoring above `score_threshold` go through greedy NMS at `nms_threshold` or, with
+    `nms_method="soft"`, Gaussian soft-NMS of width `soft_nms_sigma` (whose decayed scores are then the scores,
+    and a box is kept while its decayed score stays above the threshold). With `vote_iou > 0` every kept box is
+    then replaced by the score-weighted mean of the head's boxes that overlap it at IoU >= `vote_iou` (box voting).
+    """
+    if nms_method not in NMS_METHODS:
+        raise ValueError(f"nms_method {nms_method!r} is not one of {list(NMS_METHODS)}")
     scores = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[:, 1]
     boxes = box_ops.clip(box_ops.decode(box_deltas, rois, HEAD_BOX_WEIGHTS), image_size[0], image_size[1])
     sizes = boxes[:, 2:] - boxes[:, :2]
     usable = roi_valid & (scores > score_threshold) & (sizes > 0).all(-1)
-    keep, valid = nms(boxes, jnp.where(usable, scores, -jnp.inf), nms_threshold, max_detections)
-    return jnp.where(valid[:, None], boxes[keep], 0.0), jnp.where(valid, scores[keep], 0.0), valid
+    if nms_method == "soft":
+        keep, kept_scores, valid = soft_nms(boxes, jnp.where(usable, scores, -jnp.inf), soft_nms_sigma,
+                                            max_detections, score_threshold)
+    else:
+        keep, valid = nms(boxes, jnp.where(usable, scores, -jnp.inf), nms_threshold, max_detections)
+        kept_scores = scores[keep]
+    kept = boxes[keep]
+    if vote_iou > 0:
+        kept = vote(kept, boxes, jnp.where(usable, scores, 0.0), vote_iou)
+    return jnp.where(valid[:, None], kept, 0.0), jnp.where(valid, kept_scores, 0.0), valid
 
 
 class FasterRCNN(nn.Module):
@@ -245,4 +266,5 @@ class FasterRCNN(nn.Module):
         return outputs
 
 
-__all__ = ["HEADS", "HEAD_BOX_WEIGHTS", "RPN_BOX_WEIGHTS", "FasterRCNN", "detect", "propose", "sample_rois"]
+__all__ = ["HEADS", "HEAD_BOX_WEIGHTS", "NMS_METHODS", "RPN_BOX_WEIGHTS", "FasterRCNN", "detect", "propose",
+           "sample_rois"]
