@@ -1,12 +1,23 @@
-"""Saved configs of older checkpoints load in today's layout (one translation at the loading edge)."""
+"""Saved configs of older checkpoints load in today's layout (one translation at the loading edge); a checkpoint
+restored into a model of other settings is refused in one line naming them."""
 
+import dataclasses
 import json
 import pathlib
 
-from hvpose.checkpoints import CONFIG_FILE, read_config, upgrade_config
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from hvpose.checkpoints import CONFIG_FILE, read_config, restore_model_variables, upgrade_config
 from hvpose.configs import demo, detector_demo
 from hvpose.data.augment import Augmentation
+from hvpose.detector import build_model
+from hvpose.errors import ConfigError
 from hvpose.inference import InferenceSettings
+from hvpose.keypoints import COCO17
 from hvpose.models.keypoint_net import KeypointNet
 
 # config.json written beside the checkpoints of `make demo` by hvpose at commit bb98b4e (the layout before
@@ -50,3 +61,25 @@ def test_a_detector_config_from_before_zoom_and_soft_nms_gets_neither():
     assert upgraded["data"]["augment"] == {**today["data"]["augment"], "zoom": [1.0, 1.0]}
     assert upgraded["inference"] == {**today["inference"], "nms_method": "greedy", "soft_nms_sigma": 0.5,
                                      "vote_iou": 0.0}
+
+
+def test_a_checkpoint_restored_into_a_model_of_other_settings_is_refused_naming_them(tmp_path):
+    config = detector_demo.get_config()
+    config.model.base_width, config.model.fc_dim, config.data.canvas_size = 8, 16, (65, 65)
+    canvas = tuple(config.data.canvas_size)
+    model = build_model(config)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *canvas, 3), jnp.uint8))
+    rng = np.random.default_rng(0)  # any values do: only their round trip is checked (and init compiles slowly)
+    variables = jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype), shapes)
+    directory = tmp_path / "checkpoints"
+    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+        manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(variables))))
+    (directory / CONFIG_FILE).write_text(json.dumps({"config": json.loads(config.to_json_best_effort()),
+                                                     "keypoint_set": dataclasses.asdict(COCO17)}))
+    restored, step = restore_model_variables(str(directory), model, canvas)
+    assert step == 7
+    np.testing.assert_array_equal(restored["params"]["fc1"]["kernel"], variables["params"]["fc1"]["kernel"])
+
+    config.model.fc_dim = 32
+    with pytest.raises(ConfigError, match=r"trained with config.model.fc_dim=16 \(given 32\)$"):
+        restore_model_variables(str(directory), build_model(config), canvas)

@@ -22,6 +22,7 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
 
 from hvpose import sharding
+from hvpose.errors import ConfigError
 from hvpose.keypoints import KeypointSet
 
 CONFIG_FILE = "config.json"
@@ -154,8 +155,28 @@ def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[in
         replicated = sharding.replicated(mesh or sharding.make_mesh())
         target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=replicated), target)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
+        except ValueError as error:  # shapes that do not fit: name the model settings that differ, in one line
+            differences = model_differences(checkpoint_dir, model)
+            if not differences:
+                raise
+            raise ConfigError(f"{checkpoint_dir}: its parameters do not fit the given model ("
+                              f"{str(error).split('. ')[0]}); it was trained with {differences}") from None
     finally:
         manager.close()
     return dict(restored["state"]), step
+
+
+def model_differences(checkpoint_dir: str, model: Any) -> str:
+    """The `model` settings whose value differs from the config saved beside the checkpoints, as
+    "config.model.FIELD=SAVED (given GIVEN), ..." ("" when they agree or no config was saved)."""
+    try:
+        saved, _ = read_config(checkpoint_dir)
+    except FileNotFoundError:
+        return ""
+    normalise = lambda value: list(value) if isinstance(value, tuple | list) else value  # noqa: E731
+    return ", ".join(f"config.model.{field}={value!r} (given {getattr(model, field)!r})"
+                     for field, value in saved.model.to_dict().items()
+                     if hasattr(model, field) and normalise(getattr(model, field)) != normalise(value))
