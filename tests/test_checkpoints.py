@@ -1,5 +1,5 @@
 """Saved configs of older checkpoints load in today's layout (one translation at the loading edge); a checkpoint
-restored into a model of other settings is refused in one line naming them."""
+restored into a model of other settings is refused in one line naming them; relative paths restore too."""
 
 import dataclasses
 import json
@@ -63,7 +63,7 @@ def test_a_detector_config_from_before_zoom_and_soft_nms_gets_neither():
                                      "vote_iou": 0.0}
 
 
-def test_a_checkpoint_restored_into_a_model_of_other_settings_is_refused_naming_them(tmp_path):
+def test_a_checkpoint_restored_into_a_model_of_other_settings_is_refused_naming_them(tmp_path, monkeypatch):
     config = detector_demo.get_config()
     config.model.base_width, config.model.fc_dim, config.data.canvas_size = 8, 16, (65, 65)
     canvas = tuple(config.data.canvas_size)
@@ -76,7 +76,8 @@ def test_a_checkpoint_restored_into_a_model_of_other_settings_is_refused_naming_
         manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(variables))))
     (directory / CONFIG_FILE).write_text(json.dumps({"config": json.loads(config.to_json_best_effort()),
                                                      "keypoint_set": dataclasses.asdict(COCO17)}))
-    restored, step = restore_model_variables(str(directory), model, canvas)
+    monkeypatch.chdir(tmp_path)  # a relative path, as `python -m hvpose.predict --weights=workdir/demo` gives
+    restored, step = restore_model_variables("checkpoints", model, canvas)
     assert step == 7
     np.testing.assert_array_equal(restored["params"]["fc1"]["kernel"], variables["params"]["fc1"]["kernel"])
 

@@ -24,6 +24,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decis
 from hvpose import sharding
 from hvpose.errors import ConfigError
 from hvpose.keypoints import KeypointSet
+from hvpose.paths import resolve_workdir
 
 CONFIG_FILE = "config.json"
 
@@ -143,8 +144,10 @@ def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[in
     """The model variables (`params`, `batch_stats`) of a checkpoint (newest by default), replicated on `mesh`.
 
     Only those two parts of the saved train state are read: their shapes come from `jax.eval_shape` of the
-    model's initialisation, so no optimizer is built and its state is never loaded.
+    model's initialisation, so no optimizer is built and its state is never loaded. A relative `checkpoint_dir`
+    is taken from the working directory (orbax wants absolute paths).
     """
+    checkpoint_dir = resolve_workdir(checkpoint_dir)
     manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data"),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     try:
