@@ -36,6 +36,7 @@ from hvpose.data.pipeline import close_loader, train_loader
 from hvpose.data.splits import prepare_split
 from hvpose.errors import ConfigError, NonFiniteLossError, configured
 from hvpose.metrics import MetricWriter
+from hvpose.models.initialize import initial_variables
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.paths import resolve_workdir
 from hvpose.pretrained.families import check_backbone_matches
@@ -100,7 +101,7 @@ def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop
     """Fresh state: random initialisation, with the backbone's ImageNet weights when `backbone` names a Keras
     Applications h5 or a torchvision/timm `.safetensors` file (`hvpose.pretrained.families`); a detector's
     conv5_x head (`FasterRCNN(head="block4")`) gets the ImageNet conv5_x too."""
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.uint8))
+    variables = initial_variables(model, jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.uint8))
     params, batch_stats = variables["params"], variables["batch_stats"]
     if backbone:
         from hvpose.pretrained.keras_resnet import check_matches
