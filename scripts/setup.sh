@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Creates .venv with a Python >= 3.12 and installs hvpose (editable) with its test extra.
+# Creates .venv with a Python >= 3.12 and installs hvpose (editable).
+#
+# Usage: scripts/setup.sh [test]. With `test` (`make setup`, `make test`) it adds the test extra (pytest, the
+# reference libraries, ruff); without (`make demo`) only what hvpose itself imports, which installs faster on a
+# fresh machine (README, "Set-up"). A venv with the test extra satisfies both.
 #
 # The interpreter is, in order: $PYTHON if set; python3.12 / python3.13 / python3 on PATH; a pyenv-installed
 # 3.12 (newest patch), else 3.13, 3.14 (under $PYENV_ROOT or ~/.pyenv). JAX >= 0.11 needs Python >= 3.12;
 # 3.12 comes first because every dependency ships wheels for it and it is what CI tests.
-# Re-running is cheap: it reinstalls only when pyproject.toml changed or the venv is missing.
+# Re-running is cheap: it installs only when pyproject.toml or this script changed, the venv is missing, or the
+# test extra is asked for and not yet there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -43,9 +48,17 @@ MSG
   return 1
 }
 
+extra=${1:-}
+case "$extra" in
+  ""|test) ;;
+  *) echo "usage: scripts/setup.sh [test] (got '$extra')" >&2; exit 2 ;;
+esac
+# The stamp holds the hash of what was installed from and the extra installed with it ("-" for none).
 stamp="$VENV/.hvpose-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -x "$VENV/bin/python" ] && is_suitable "$VENV/bin/python" && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+read -r have have_extra 2>/dev/null < "$stamp" || true
+if [ -x "$VENV/bin/python" ] && is_suitable "$VENV/bin/python" && [ "${have:-}" = "$want" ] \
+    && { [ -z "$extra" ] || [ "${have_extra:-}" = "$extra" ]; }; then
   exit 0
 fi
 python=$(find_python)
@@ -55,9 +68,13 @@ if ! [ -x "$VENV/bin/python" ] || ! is_suitable "$VENV/bin/python"; then
   "$python" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+if [ -n "$extra" ]; then
+  "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
+else
+  "$VENV/bin/python" -m pip install --quiet -e .
+fi
 # Builds the native CPU voting kernel now rather than on first use (about 5 s; it says why if it cannot).
 "$VENV/bin/python" -c 'from hvpose.ops import native; import sys; sys.exit(native.ffi_target("hvpose_hough_vote_cpu") is None)' \
   || echo "hvpose setup: the native voting kernel is unavailable (see above); voting uses the slower XLA scatter" >&2
-echo "$want" > "$stamp"
+echo "$want ${extra:--}" > "$stamp"
 echo "hvpose setup: done ($("$VENV/bin/python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'))" >&2
