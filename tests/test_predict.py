@@ -76,6 +76,22 @@ def test_posenet_finds_the_labelled_people_of_real_coco_images(posenet_predictor
     assert (gain > 0).sum() >= 9 and gain.mean() > 0.03, np.round(gain, 3)
 
 
+def test_people_scoring_below_draw_min_score_are_left_out_of_the_picture(posenet_predictor, shared_data):
+    photo = shared_data / "coco_sample" / "images" / "000000196141.jpg"
+    people = posenet_predictor(photo)  # PoseNet's own decoding: the players, and weak guesses beside them
+    image = decode_image(read_image_file(photo))
+    scores = sorted(p.score for p in people)
+    assert posenet_predictor.draw_min_score == 0.1 and len(people) >= 5
+    middle = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    assert [p.score for p in posenet_predictor.drawn(people, middle)] == [p.score for p in people if p.score >= middle]
+    # Drawing only the people above the median equals drawing that list with nothing left out.
+    np.testing.assert_array_equal(posenet_predictor.draw(photo, people, min_score=middle),
+                                  posenet_predictor.draw(photo, posenet_predictor.drawn(people, middle), min_score=0))
+    assert (posenet_predictor.draw(photo, people, min_score=0) != posenet_predictor.draw(photo, people,
+                                                                                          min_score=middle)).any()
+    np.testing.assert_array_equal(posenet_predictor.draw(photo, people, min_score=1.5), image)
+
+
 def test_without_boxes_or_box_source_the_whole_image_is_one_person(shared_data):
     posenet_predictor = hvpose.Predictor.from_posenet_tfjs(str(shared_data / TFJS), batch_size=4, box_source=None)
     image = decode_image(read_image_file(shared_data / "photos" / "astronaut.png"))
@@ -189,6 +205,17 @@ def test_predict_command_draws_a_picture(shared_data, tmp_path):
     assert len(people) >= 3 and all(len(p["keypoints"]) == 17 for p in people)
     assert all(0 <= p["score"] <= 1 and all(0 <= k[2] <= 1 for k in p["keypoints"]) for p in people)
     assert out.stat().st_size > 10_000
+    drawn = sum(p["score"] >= 0.1 for p in people)  # PoseNet's predictor leaves people under 0.1 out of the picture
+    assert result.stderr.strip().splitlines()[-1] == (f"hvpose: {len(people)} people, {drawn} drawn (instance score "
+                                                      f">= 0.1); wrote {out}")
+    none_drawn = subprocess.run([sys.executable, "-m", "hvpose.predict", f"--weights={shared_data / TFJS}",
+                                 f"--image={image}", f"--boxes={boxes}", "--image_id=196141", "--min_box_score=0.3",
+                                 "--draw_min_score=1.5", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                                timeout=300)
+    assert none_drawn.returncode == 0, none_drawn.stderr[-2000:]
+    assert len(none_drawn.stdout.splitlines()) == len(people)  # every person is still printed
+    assert f"{len(people)} people, 0 drawn (instance score >= 1.5)" in none_drawn.stderr
+    np.testing.assert_array_equal(decode_image(read_image_file(out)), decode_image(read_image_file(image)))
     mixed = subprocess.run([sys.executable, "-m", "hvpose.predict", f"--weights={shared_data / TFJS}",
                             f"--image={image}", f"--boxes={boxes}", f"--out={out}"], cwd=REPO, capture_output=True,
                            text=True, timeout=300)

@@ -43,6 +43,8 @@ class Predictor:
       settings: flip test, decoder, instance scoring, OKS-NMS (`hvpose.inference.InferenceSettings`).
       batch_size: crops per network call; fewer boxes are padded up to it (rounded up to the device count).
       draw_threshold: keypoints scoring above are drawn by `draw`.
+      draw_min_score: people whose instance score is below are left out of `draw`'s picture (not of the results):
+        a detector's or PoseNet's weak guesses would otherwise cover the photo.
       box_source: finds the people when `__call__` gets no boxes: a callable image (H, W, 3) uint8 -> (N, 5)
         boxes (a person detector). Without one, the whole image is one box.
     """
@@ -50,13 +52,14 @@ class Predictor:
     def __init__(self, model: Any, variables: Any, keypoint_set: KeypointSet = COCO17,
                  crop_size: tuple[int, int] = (353, 257), radius: float = 25.0,
                  settings: InferenceSettings = InferenceSettings(), batch_size: int = 8, draw_threshold: float = 0.3,
-                 box_source: BoxSource | None = None):
+                 draw_min_score: float = 0.1, box_source: BoxSource | None = None):
         import jax
 
         devices = jax.device_count()
         batch_size = -(-max(int(batch_size), 1) // devices) * devices
         self.pipeline = Pipeline(model, variables, keypoint_set, crop_size, radius, settings, batch_size)
         self.keypoint_set, self.draw_threshold, self.box_source = keypoint_set, draw_threshold, box_source
+        self.draw_min_score = float(draw_min_score)
 
     @classmethod
     def from_checkpoint(cls, path: str, step: int | None = None, detector: str | None = None,
@@ -87,7 +90,8 @@ class Predictor:
         crop = check_crop_size(**config.crop, output_stride=model.output_stride)
         variables, _ = checkpoints.restore_model_variables(os.fspath(directory), model, crop, step)
         settings = dict(keypoint_set=keypoint_set, crop_size=crop, radius=config.loss.radius,
-                        settings=InferenceSettings(**config.inference), draw_threshold=config.eval.draw_threshold)
+                        settings=InferenceSettings(**config.inference), draw_threshold=config.eval.draw_threshold,
+                        draw_min_score=config.eval.draw_min_score)
         return cls(model, variables, **{**settings, **options})
 
     @classmethod
@@ -132,13 +136,20 @@ class Predictor:
         return self.pipeline.predict_image(encoded if encoded is not None else pixels, as_boxes(boxes))
 
     def draw(self, image: np.ndarray | str | os.PathLike[str], people: Sequence[PredictedPerson],
-             threshold: float | None = None) -> np.ndarray:
-        """`image` with the people's skeletons and boxes drawn (left limbs warm, right limbs cool), keypoints
-        scoring above `threshold` (default: the predictor's `draw_threshold`), each person labelled with its
-        instance score."""
+             threshold: float | None = None, min_score: float | None = None) -> np.ndarray:
+        """`image` with the skeletons and boxes of the people scoring at least `min_score` (default: the
+        predictor's `draw_min_score`) drawn (left limbs warm, right limbs cool), keypoints scoring above
+        `threshold` (default: the predictor's `draw_threshold`), each person labelled with its instance score."""
         threshold = self.draw_threshold if threshold is None else threshold
-        return visualize.draw_people(load_image(image), [p.keypoints for p in people], [p.box for p in people],
-                                     self.keypoint_set, threshold, [f"{p.score:.2f}" for p in people])
+        shown = self.drawn(people, min_score)
+        return visualize.draw_people(load_image(image), [p.keypoints for p in shown], [p.box for p in shown],
+                                     self.keypoint_set, threshold, [f"{p.score:.2f}" for p in shown])
+
+    def drawn(self, people: Sequence[PredictedPerson], min_score: float | None = None) -> list[PredictedPerson]:
+        """The people `draw` shows: those scoring at least `min_score` (default: the predictor's
+        `draw_min_score`)."""
+        min_score = self.draw_min_score if min_score is None else min_score
+        return [person for person in people if person.score >= min_score]
 
 
 def _image_size(encoded: bytes) -> tuple[int, int]:
@@ -205,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min_box_score", type=float, default=0.0, help="drop boxes scoring below")
     parser.add_argument("--detector", help="without --boxes: a trained person detector's workdir finds the people "
                         "(PoseNet weights find them with PoseNet's own decoding)")
+    parser.add_argument("--draw_min_score", type=float, default=None,
+                        help="people scoring below are left out of the picture, not of the printed results "
+                        "(default: the checkpoint's config.eval.draw_min_score; 0.1 for PoseNet)")
     args = parser.parse_args(argv)
     from hvpose.errors import USER_ERRORS
 
@@ -215,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             boxes = read_boxes(args.boxes, args.image_id)
             boxes = boxes[boxes[:, 4] >= args.min_box_score]
         people = predictor(args.image, boxes)
-        visualize.save_png(args.out, predictor.draw(args.image, people))
+        visualize.save_png(args.out, predictor.draw(args.image, people, min_score=args.draw_min_score))
     except (OSError, ValueError, *USER_ERRORS) as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
         return 1
@@ -225,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for person in people:
         print(json.dumps({"box": [round(v, 1) for v in person.box], "score": round(person.score, 4),
                           "keypoints": np.round(person.keypoints, 2).tolist()}))
-    print(f"hvpose: {len(people)} people; wrote {args.out}", file=sys.stderr)
+    drawn = len(predictor.drawn(people, args.draw_min_score))
+    min_score = predictor.draw_min_score if args.draw_min_score is None else args.draw_min_score
+    print(f"hvpose: {len(people)} people, {drawn} drawn (instance score >= {min_score:g}); wrote {args.out}",
+          file=sys.stderr)
     return 0
 
 
