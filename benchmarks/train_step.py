@@ -18,6 +18,10 @@ devices):
     on a CPU the rate of a 2048x2048 matmul measured in the same run (a practical peak, not a spec).
   `--paper` adds `configs/coco.py` itself (ResNet-101 at output stride 8, 353x257): the step the paper's
   training repeats half a million times (about 7 s per crop on a 2-core CPU).
+  * `init`: the model's initial variables (`train.init_state`'s first step) for the config and for
+    `configs/detector_demo.py`, each way in a fresh process (start-up and every compilation included):
+    `hvpose.models.initialize.initial_variables` (one program, LLVM -O1 on a CPU) against the eager `model.init`
+    (the baseline, same run; one compilation per primitive and parameter shape).
   * `peer` (with `--peer`, and `--paper`): the same network and loss in PyTorch (`train_step_torch.py`:
     torchvision ResNet-101 dilated to output stride 8, channels-last, bfloat16 autocast, `torch.compile`) at the
     paper batches and dtypes, run in a subprocess before JAX touches the device (both would claim its memory), and
@@ -189,6 +193,45 @@ def peer_rows(batches: list[int], dtypes: list[str], repeats: int) -> tuple[list
     return rows, report
 
 
+INIT_PROBE = """
+import sys, time
+import jax, jax.numpy as jnp
+sys.path.insert(0, {benchmarks!r})
+from train_step import load_config
+from hvpose.models.initialize import initial_variables
+config = load_config(__import__("pathlib").Path({config!r}))
+if config.get("task", "keypoints") == "detection":
+    from hvpose.detector import build_model
+    model, size = build_model(config), tuple(config.data.canvas_size)
+else:
+    from hvpose.data.crops import check_crop_size
+    from hvpose.models.keypoint_net import KeypointNet
+    model = KeypointNet(num_keypoints=17, map_stride=config.loss.map_stride, **config.model)
+    size = check_crop_size(**config.crop, output_stride=config.model.output_stride)
+key, example = jax.random.key(0), jnp.zeros((1, *size, 3), jnp.uint8)
+start = time.perf_counter()
+variables = model.init(key, example) if {way!r} == "eager" else initial_variables(model, key, example)
+jax.block_until_ready(variables)
+print(time.perf_counter() - start)
+"""
+
+
+def init_rows(config_paths: list[pathlib.Path]) -> list[dict[str, Any]]:
+    """Seconds to the initial variables, eager `model.init` against `initial_variables`, each in a new process."""
+    rows = []
+    for path in config_paths:
+        seconds = {}
+        for way in ("eager", "initial_variables"):
+            code = INIT_PROBE.format(benchmarks=str(pathlib.Path(__file__).parent), config=str(path), way=way)
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            seconds[way] = float(done.stdout.strip().splitlines()[-1])
+            print(f"init {path.name} {way}: {seconds[way]:.1f} s", file=sys.stderr)
+        rows.append({"section": "init", "config": path.name, "eager_seconds": seconds["eager"],
+                     "seconds": seconds["initial_variables"],
+                     "time_vs_baseline": seconds["initial_variables"] / seconds["eager"]})
+    return rows
+
+
 def integers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
@@ -219,6 +262,7 @@ def main() -> None:
     peaks = {dtype: peak_flops(dtype, args.repeats) for dtype in dtypes}
     rows: list[dict[str, Any]] = [{"section": "peak", "dtype": d, "flops_per_second": p, "source": s}
                                   for d, (p, s) in peaks.items()]
+    rows += init_rows([args.config, REPO / "configs" / "detector_demo.py"])
     rows += loss_grid_rows(args.config, args.batches[0], args.repeats)
     rows += scaling_rows(args.config, args.batches, dtypes, args.repeats, peaks)
     if args.paper:
@@ -236,6 +280,9 @@ def main() -> None:
           f"{args.repeats}")
     for dtype, (peak, source) in peaks.items():
         print(f"peak {dtype}: {peak / 1e12 if peak else float('nan'):.3f} TFLOP/s per device ({source})")
+    print(f"\n{'initial variables':30} {'eager model.init s':>18} {'initial_variables s':>19} {'vs base':>8}")
+    for row in (r for r in rows if r["section"] == "init"):
+        print(f"{row['config']:30} {row['eager_seconds']:18.1f} {row['seconds']:19.1f} {row['time_vs_baseline']:7.2f}x")
     print(f"\n{'config':10} {'variant':30} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'vs base':>8}")
     for row in (r for r in rows if r["section"] == "loss_grid"):
         print(f"{row['config']:10} {row['variant']:30} {row['batch']:5d} {row['seconds']:8.3f} "
