@@ -33,6 +33,7 @@ import hvpose
 from hvpose.data.images import decode_image
 from hvpose.inference import as_boxes, model_for_decoder, network_fn
 from hvpose.keypoints import COCO17
+from hvpose.models.initialize import initial_variables
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.pretrained import load_posenet_tfjs
 from machine import best_time, machine_info, write_results
@@ -87,7 +88,7 @@ def main() -> None:
 
     posenet, posenet_variables = load_posenet_tfjs(POSENET)
     resnet = KeypointNet(depth=args.depth, output_stride=8, stride_on="3x3", conv_bias=False, preprocess="caffe")
-    resnet_variables = resnet.init(jax.random.key(0), crops[:1])
+    resnet_variables = initial_variables(resnet, jax.random.key(0), crops[:1])
     networks = {"posenet-mobilenet075-os16": (posenet, posenet_variables),
                 f"resnet{args.depth}-os8": (resnet, resnet_variables)}
     # (decoder, flip test, maps on the feature grid): argmax + offset can read the grid without upsampling.

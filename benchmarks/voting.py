@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import hvpose
 from hvpose.inference import as_boxes
+from hvpose.models.initialize import initial_variables
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.ops import native, voting
 from hvpose.ops.upsample import resize_aligned_corners
@@ -153,7 +154,7 @@ def inference_share_row(args: argparse.Namespace, rng: np.random.Generator) -> d
     crops = jnp.asarray(rng.integers(0, 256, (batch, args.height, args.width, 3), np.uint8))
     model = KeypointNet(depth=args.network_depth, output_stride=8, map_stride=1, stride_on="3x3", conv_bias=False,
                         preprocess="caffe", num_keypoints=args.keypoints)
-    variables = model.init(jax.random.key(0), crops[:1])
+    variables = initial_variables(model, jax.random.key(0), crops[:1])
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
     network_seconds = best_time(lambda: forward(variables, crops), max(2, args.repeats // 2)) / batch
     # The forward pass includes upsampling the maps from the stride-8 grid to every crop pixel; timed alone here

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 from hvpose.detector_targets import detector_loss, rpn_targets
 from hvpose.models.detector import HEAD_BOX_WEIGHTS, FasterRCNN, detect, propose, sample_rois
+from hvpose.models.initialize import initial_variables
 from hvpose.ops.nms import soft_nms, vote
 
 TINY = dict(depth=18, output_stride=16, stride_on="3x3", conv_bias=False, base_width=8, preprocess="unit",
@@ -155,7 +156,7 @@ def make_batch(rng, canvas=65):
 def test_forward_shapes_and_proposals_inside_the_true_size(rng):
     model = FasterRCNN(**TINY)
     batch = make_batch(rng)
-    variables = model.init(jax.random.key(0), batch["image"])
+    variables = initial_variables(model, jax.random.key(0), batch["image"])
     outputs = model.apply(variables, batch["image"], batch["image_size"])
     cells = 5 * 5  # 65 = 16 * 4 + 1
     assert outputs["rpn_logits"].shape == (2, cells * 4) and outputs["rpn_deltas"].shape == (2, cells * 4, 4)
@@ -168,7 +169,7 @@ def test_forward_shapes_and_proposals_inside_the_true_size(rng):
 def test_an_image_without_people_trains_without_nan(rng):
     model = FasterRCNN(**TINY)
     batch = make_batch(rng)
-    variables = model.init(jax.random.key(0), batch["image"])
+    variables = initial_variables(model, jax.random.key(0), batch["image"])
 
     def loss(params, batch):
         outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, batch["image"],
@@ -202,7 +203,7 @@ def test_block4_head_runs_conv5_on_rois_with_resnet_parameter_names(rng):
     model = FasterRCNN(**{**TINY, "head": "block4", "roi_size": 6, "depth": 50, "stride_on": "1x1",
                           "conv_bias": True})
     images = rng.integers(0, 255, (1, 65, 65, 3), dtype=np.uint8)
-    variables = model.init(jax.random.key(0), images)
+    variables = initial_variables(model, jax.random.key(0), images)
     assert sorted(k for k in variables["params"] if k.startswith("block4")) == [
         "block4_unit1", "block4_unit2", "block4_unit3"]
     assert not any(k.startswith("block4") for k in variables["params"]["backbone"])
@@ -214,7 +215,7 @@ def test_block4_head_runs_conv5_on_rois_with_resnet_parameter_names(rng):
 def test_the_two_roi_align_forms_give_the_same_detector(rng):
     batch = make_batch(rng)
     gather, einsum = (FasterRCNN(**{**TINY, "roi_align_method": m}) for m in ("gather", "einsum"))
-    variables = gather.init(jax.random.key(0), batch["image"])
+    variables = initial_variables(gather, jax.random.key(0), batch["image"])
     reference = gather.apply(variables, batch["image"], batch["image_size"])
     other = einsum.apply(variables, batch["image"], batch["image_size"])
     np.testing.assert_allclose(np.asarray(other["class_logits"]), np.asarray(reference["class_logits"]), atol=1e-4)
