@@ -8,7 +8,7 @@ Inputs are random uint8 canvases of the config's `data.canvas_size` (or `--canva
 ground-truth boxes per image, 3 of them valid (static shapes); the network has its random initialisation. Times
 are the median of `--repeats` calls after a warm-up call (compilation excluded), results awaited.
 
-Sections (each with `roi_align_method` "gather" and "einsum" where it matters):
+Sections (each with every `roi_align_method`, "gather", "einsum" and "fused", where it matters):
   1. train step: the whole jitted step (`jit_train_step` with `detector_objective`: forward, losses, backward,
      optimizer) against the bare backbone's forward+backward (the detector's own ResNet, its `stages`, from the
      same images, BatchNorm in training mode) timed beside it; `outside_backbone` is the share of the step's time
@@ -21,7 +21,7 @@ Sections (each with `roi_align_method` "gather" and "einsum" where it matters):
   2. inference stages, each jitted on its own on the same inputs: backbone; RPN head + `propose`; RoIAlign + box
      head; `detect`; and the whole `Detector` call path (`model.apply` + vmapped `detect`), whose outputs the
      stages reproduce (checked: `stage_max_abs_diff` of the head's logits).
-  3. RoIAlign alone, gather against einsum, forward (the inference RoI count) and forward and forward+backward
+  3. RoIAlign alone, each form against gather, forward (the inference RoI count) and forward and forward+backward
      (gradient with respect to the features; the training RoI count): at the config's feature shape and batch, and
      (without `--quick`) at detector_coco.py's on one image (641x1025 at stride 8 -> 81x129x1024, 300 RoIs at
      14x14 for inference, 64 for training), float32 (bfloat16 is slow on CPUs).
@@ -417,7 +417,7 @@ def inference_section(config: Any, variables: Any, batch_np: dict[str, np.ndarra
 
 def roi_align_section(label: str, model: FasterRCNN, images: int, canvas: tuple[int, int], repeats: int,
                       rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Section 3: gather against einsum at one model's feature shape, RoI counts and RoIAlign settings."""
+    """Section 3: each RoIAlign form against gather at one model's feature shape, RoI counts and settings."""
     backbone = ResNet(depth=model.depth, output_stride=model.output_stride, stride_on=model.stride_on,
                       conv_bias=model.conv_bias, base_width=model.base_width,
                       stages=3 if model.head == "block4" else 4)
@@ -439,9 +439,10 @@ def roi_align_section(label: str, model: FasterRCNN, images: int, canvas: tuple[
                 seconds[method] = median_seconds(fn, features, rois, repeats=repeats)
             rows.append({"section": "roi_align", "shape": label, "use": use, "pass": kind, "images": images,
                          "rois_per_image": count, "feature_shape": "x".join(map(str, shape)),
-                         "output": f"{model.roi_size}x{model.roi_size}", "gather_ms": 1e3 * seconds["gather"],
-                         "einsum_ms": 1e3 * seconds["einsum"],
-                         "einsum_vs_gather": seconds["einsum"] / seconds["gather"]})
+                         "output": f"{model.roi_size}x{model.roi_size}",
+                         **{f"{method}_ms": 1e3 * seconds[method] for method in METHODS},
+                         **{f"{method}_vs_gather": seconds[method] / seconds["gather"]
+                            for method in METHODS if method != "gather"}})
     return rows
 
 
@@ -568,16 +569,15 @@ def main() -> None:
         ("backbone_images_per_second", "bb images/s", 11), ("outside_backbone", "outside bb", 10),
         ("gflops_per_image", "GFLOP/img", 9), ("achieved_gflops_per_second", "GFLOP/s", 8), ("mfu", "MFU", 6)])
     print_table("1b. Pieces of the train step, each jitted alone (overlapping; share of that method's step)",
-                piece_rows, [("piece", "piece", 42), ("gather_ms", "gather ms", 10),
-                             ("gather_share_of_step", "of step", 8), ("einsum_ms", "einsum ms", 10),
-                             ("einsum_share_of_step", "of step", 8)])
+                piece_rows, [("piece", "piece", 42)] + [column for method in METHODS for column in (
+                    (f"{method}_ms", f"{method} ms", 10), (f"{method}_share_of_step", "of step", 8))])
     print_table("2. Inference stages, each jitted alone", inference_rows, [
         ("stage", "stage", 32), ("roi_align_method", "roi_align", 10), ("ms", "ms", 9),
         ("images_per_second", "images/s", 9), ("stage_max_abs_diff", "vs model", 9)])
-    print_table("3. RoIAlign alone (einsum time / gather time)", roi_rows, [
+    print_table("3. RoIAlign alone (each form's time / gather's)", roi_rows, [
         ("shape", "shape", 30), ("use", "use", 9), ("pass", "pass", 7), ("rois_per_image", "rois", 5),
-        ("feature_shape", "features", 12), ("gather_ms", "gather ms", 10), ("einsum_ms", "einsum ms", 10),
-        ("einsum_vs_gather", "einsum/gather", 13)])
+        ("feature_shape", "features", 12)] + [(f"{method}_ms", f"{method} ms", 10) for method in METHODS]
+        + [(f"{method}_vs_gather", f"{method}/gather", 13) for method in METHODS if method != "gather"])
     print_table("4. NMS, hvpose (jit) against numpy greedy", nms_rows, [
         ("setting", "setting", 24), ("images", "images", 6), ("boxes", "boxes", 6), ("max_output", "keep", 5),
         ("kept_per_image", "kept", 6), ("hvpose_ms", "hvpose ms", 10), ("numpy_ms", "numpy ms", 9),

@@ -1,5 +1,5 @@
 """RoIAlign against a numpy transcription of torchvision's CPU kernel (`aligned=True`, fixed sampling ratio),
-hand-worked values, the gather and einsum forms against each other (values and gradients), and, where torchvision
+hand-worked values, the einsum and fused forms against the gather form (values and gradients), and, where torchvision
 happens to be installed, torchvision itself (with its NMS)."""
 
 import functools
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hvpose.ops.nms import nms
-from hvpose.ops.roi_align import roi_align
+from hvpose.ops.roi_align import METHODS, roi_align
 
 
 def bilinear_interpolate(features, y, x):
@@ -78,7 +78,7 @@ CASES = [  # (feature H, W, C), stride, output_size, sampling_ratio
 ]
 
 
-@pytest.mark.parametrize("method", ["gather", "einsum"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-stride{c[1]}-out{c[2]}-s{c[3]}".replace(" ", ""))
 def test_roi_align_matches_torchvisions_cpu_kernel(rng, method, case):
     shape, stride, output_size, sampling_ratio = case
@@ -91,7 +91,7 @@ def test_roi_align_matches_torchvisions_cpu_kernel(rng, method, case):
     assert np.abs(expected[4]).max() == 0 and np.abs(expected).max() > 0  # the outside box, and not all zero
 
 
-@pytest.mark.parametrize("method", ["gather", "einsum"])
+@pytest.mark.parametrize("method", METHODS)
 def test_hand_worked_values_and_the_border_rules(method):
     """Channel 0 of the map is the row index y, channel 1 is 1. Inside, a bin's value is its centre's y (in feature
     coordinates: input y minus 0.5). With one sample per bin, at the box centre: y = -1 still counts (clamped to
@@ -108,16 +108,18 @@ def test_hand_worked_values_and_the_border_rules(method):
     np.testing.assert_allclose(got, [[0.0, 1.0], [0.0, 0.0], [5.0, 1.0], [0.0, 0.0], [2.25, 1.0]], atol=1e-6)
 
 
-def test_the_two_forms_agree_in_values_and_gradients(rng):
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "gather"])
+@pytest.mark.parametrize("output_size", [(5, 3), (3, 5)])  # on 8x10 features: x-axis first, then y-axis first
+def test_the_forms_agree_with_gather_in_values_and_gradients(rng, method, output_size):
     features = rng.normal(size=(8, 10, 4)).astype(np.float32)
     boxes = random_boxes(rng, 9, 64, 80)
-    cotangent = rng.normal(size=(9, 5, 3, 4)).astype(np.float32)
+    cotangent = rng.normal(size=(9, *output_size, 4)).astype(np.float32)
 
     def loss(method, f, b):
-        return jnp.sum(roi_align(f, b, (5, 3), 1 / 8, 2, method) * cotangent)
+        return jnp.sum(roi_align(f, b, output_size, 1 / 8, 2, method) * cotangent)
 
     by_gather = jax.jit(jax.grad(functools.partial(loss, "gather"), argnums=(0, 1)))(features, boxes)
-    by_einsum = jax.jit(jax.grad(functools.partial(loss, "einsum"), argnums=(0, 1)))(features, boxes)
+    by_einsum = jax.jit(jax.grad(functools.partial(loss, method), argnums=(0, 1)))(features, boxes)
     np.testing.assert_allclose(by_einsum[0], by_gather[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(by_einsum[1], by_gather[1], rtol=1e-4, atol=1e-4)
     assert np.abs(by_gather[0]).max() > 0 and np.abs(by_gather[1]).max() > 0
@@ -125,7 +127,7 @@ def test_the_two_forms_agree_in_values_and_gradients(rng):
     np.testing.assert_allclose(np.sum(by_einsum[0] * features), loss("gather", features, boxes), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["gather", "einsum"])
+@pytest.mark.parametrize("method", METHODS)
 def test_jit_and_vmap_over_images(rng, method):
     features = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
     boxes = random_boxes(rng, 5, 48, 56).reshape(1, 5, 4).repeat(2, axis=0)
@@ -156,7 +158,7 @@ def test_against_torchvision_when_installed(rng):
     for scale, output_size, sampling_ratio in [(1 / 16, (7, 7), 2), (1 / 8, (3, 5), 1)]:
         expected = torchvision.ops.roi_align(torch.from_numpy(features).permute(2, 0, 1)[None], rois, output_size,
                                              scale, sampling_ratio, aligned=True).permute(0, 2, 3, 1).numpy()
-        for method in ("gather", "einsum"):
+        for method in METHODS:
             got = roi_align(features, boxes, output_size, scale, sampling_ratio, method)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

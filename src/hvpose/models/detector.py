@@ -34,6 +34,7 @@ from hvpose.ops import boxes as box_ops
 from hvpose.ops.anchors import grid_anchors
 from hvpose.ops.matching import balanced_sample, match
 from hvpose.ops.nms import nms, soft_nms, vote
+from hvpose.ops.roi_align import METHODS as ROI_ALIGN_METHODS
 from hvpose.ops.roi_align import roi_align
 
 HEADS = ("block4", "fc")
@@ -133,8 +134,9 @@ class FasterRCNN(nn.Module):
       rpn_channels: width of the RPN's 3x3 convolution.
       rpn_pre_nms_top_k, rpn_post_nms_top_k, rpn_nms_threshold: proposals per image before and after NMS.
       num_rois, roi_positive_fraction, roi_positive_iou: second-stage sampling in training.
-      roi_size: RoIAlign output side; roi_sampling_ratio: samples per bin side; roi_align_method: "gather" or
-        "einsum" (matmuls both ways, for TPUs).
+      roi_size: RoIAlign output side; roi_sampling_ratio: samples per bin side; roi_align_method: "gather",
+        "einsum" (matmuls both ways, for TPUs) or "fused" (a matmul and a fused weighted sum, for CPUs); see
+        `hvpose.ops.roi_align`.
     """
 
     depth: int = 101
@@ -169,8 +171,8 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"head {self.head!r} is not one of {list(HEADS)}")
         if self.head == "block4" and self.roi_size % 2:
             raise ValueError(f"roi_size {self.roi_size} must be even for the block4 head (pooled 2x2)")
-        if self.roi_align_method not in ("gather", "einsum"):
-            raise ValueError(f"roi_align_method {self.roi_align_method!r} is not 'gather' or 'einsum'")
+        if self.roi_align_method not in ROI_ALIGN_METHODS:
+            raise ValueError(f"roi_align_method {self.roi_align_method!r} is not one of {list(ROI_ALIGN_METHODS)}")
         check_preprocess(self.preprocess)
         super().__post_init__()
 

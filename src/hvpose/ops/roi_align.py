@@ -22,8 +22,13 @@ Forms:
     N * out * H * W * C multiply-adds, dense over the whole feature map, independent of the box sizes), e.g.
     300 RoIs at 14x14 on a 38x38x1024 map: a 0.65 GB float32 intermediate and 8.5 G multiply-adds (the gather
     form, at S = 2, makes four 0.96 GB neighbour arrays instead).
-Both give the same values to float32 rounding and the same gradients, with respect to the features and the boxes
-(both share the sample coordinates and weights; callers stop gradients to the boxes, as torchvision has none).
+  "fused": the einsum form's first contraction (one matmul over every RoI at once), and the second as a weighted
+    sum, `sum(weights[:, None, :, :, None] * rows[:, :, None], axis=3)`, which XLA fuses into one loop: the
+    einsum form's second contraction is a batch of one small matmul per RoI, which XLA:CPU runs slowly. Its
+    gradient is the einsum form's (a custom VJP): inside the detector's train step XLA:CPU ran the transposed
+    fused sum that autodiff derives slower than those matmuls. `benchmarks/detector.py` times the three forms.
+All give the same values to float32 rounding and the same gradients, with respect to the features and the boxes
+(they share the sample coordinates and weights; callers stop gradients to the boxes, as torchvision has none).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-METHODS = ("gather", "einsum")
+METHODS = ("gather", "einsum", "fused")
 
 
 def _axis_samples(start: jax.Array, end: jax.Array, length: int, bins: int, sampling_ratio: int
@@ -84,6 +89,29 @@ def _weights(axis: tuple[jax.Array, ...], length: int, bins: int, sampling_ratio
     return dense.reshape(low.shape[0], bins, sampling_ratio, length).mean(axis=2)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fused_sum(weights: jax.Array, rows: jax.Array, precision: jax.lax.Precision | str | None) -> jax.Array:
+    """out[n, p, q, c] = sum_w weights[n, q, w] * rows[n, p, w, c], as one fused loop (see the module docstring).
+
+    Its gradient is written out as einsums: XLA:CPU ran the transposed fused sum that autodiff derives far slower
+    inside the detector's train step than these per-RoI matmuls.
+    """
+    return jnp.sum(weights[:, None, :, :, None] * rows[:, :, None], axis=3)
+
+
+def _fused_sum_forward(weights, rows, precision):
+    return _fused_sum(weights, rows, precision), (weights, rows)
+
+
+def _fused_sum_backward(precision, residuals, cotangent):
+    weights, rows = residuals
+    return (jnp.einsum("npqc,npwc->nqw", cotangent, rows, precision=precision).astype(weights.dtype),
+            jnp.einsum("nqw,npqc->npwc", weights, cotangent, precision=precision).astype(rows.dtype))
+
+
+_fused_sum.defvjp(_fused_sum_forward, _fused_sum_backward)
+
+
 @functools.partial(jax.jit, static_argnames=("output_size", "sampling_ratio", "method", "precision"))
 def roi_align(features: jax.Array, boxes: jax.Array, output_size: tuple[int, int], spatial_scale: float = 1.0,
               sampling_ratio: int = 2, method: str = "gather",
@@ -96,9 +124,9 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: tuple[int, int
       output_size: (out_h, out_w) bins per RoI (static; a tuple, or an int for square).
       spatial_scale: feature cells per input pixel (1 / the feature stride, e.g. 1/16).
       sampling_ratio: S, samples per bin along each axis (static, >= 1).
-      method: "gather" or "einsum" (static); see the module docstring. Equal results.
-      precision: (static) matmul precision of the einsum form; the default keeps float32 accuracy on GPUs (no
-        TF32) and TPUs (no single-pass bfloat16); "default" is faster there.
+      method: "gather", "einsum" or "fused" (static); see the module docstring. Equal results.
+      precision: (static) matmul precision of the einsum and fused forms; the default keeps float32 accuracy on
+        GPUs (no TF32) and TPUs (no single-pass bfloat16); "default" is faster there.
 
     Returns:
       (N, out_h, out_w, C), in the promoted type of the features and float32.
@@ -126,8 +154,14 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: tuple[int, int
     y_first_flops = out_h * height * width + out_h * out_w * width  # per RoI and channel
     x_first_flops = out_w * height * width + out_h * out_w * height
     if y_first_flops <= x_first_flops:
-        return contract("nqw,npwc->npqc", weights_x, contract("nph,hwc->npwc", weights_y, features))
-    return contract("nph,nqhc->npqc", weights_y, contract("nqw,hwc->nqhc", weights_x, features))
+        rows = contract("nph,hwc->npwc", weights_y, features)  # (N, out_h, W, C)
+        if method == "fused":
+            return _fused_sum(weights_x, rows, precision)
+        return contract("nqw,npwc->npqc", weights_x, rows)
+    columns = contract("nqw,hwc->nqhc", weights_x, features)  # (N, out_w, H, C)
+    if method == "fused":
+        return jnp.swapaxes(_fused_sum(weights_y, columns, precision), 1, 2)  # (N, out_w, out_h, C) first
+    return contract("nph,nqhc->npqc", weights_y, columns)
 
 
 __all__ = ["METHODS", "roi_align"]
