@@ -54,7 +54,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.roi_positive_iou = 0.5  # person if IoU >= 0.5 with a person box (TFOD, D2)
     config.model.roi_size = 14  # TFOD initial_crop_size, max-pooled 2x2 to 7x7
     config.model.roi_sampling_ratio = 2  # samples per bin side (a fixed ratio; D2 uses 0 = adaptive)
-    config.model.roi_align_method = "einsum"  # matmuls both ways, for TPUs (unmeasured there; "gather" on CPUs)
+    config.model.roi_align_method = "einsum"  # matmuls both ways, for TPUs (unmeasured there; "fused" on CPUs)
 
     config.loss = ml_collections.ConfigDict()  # detector_loss(**config.loss)
     config.loss.rpn_positive_iou = 0.7  # anchor is a person at IoU >= 0.7 (TFOD, D2)
