@@ -229,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             boxes = read_boxes(args.boxes, args.image_id)
             boxes = boxes[boxes[:, 4] >= args.min_box_score]
         people = predictor(args.image, boxes)
-        visualize.save_png(args.out, predictor.draw(args.image, people, min_score=args.draw_min_score))
+        min_score = predictor.draw_min_score if args.draw_min_score is None else args.draw_min_score
+        visualize.save_png(args.out, predictor.draw(args.image, people, min_score=min_score))
     except (OSError, ValueError, *USER_ERRORS) as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
         return 1
@@ -239,8 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for person in people:
         print(json.dumps({"box": [round(v, 1) for v in person.box], "score": round(person.score, 4),
                           "keypoints": np.round(person.keypoints, 2).tolist()}))
-    drawn = len(predictor.drawn(people, args.draw_min_score))
-    min_score = predictor.draw_min_score if args.draw_min_score is None else args.draw_min_score
+    drawn = len(predictor.drawn(people, min_score))
     print(f"hvpose: {len(people)} people, {drawn} drawn (instance score >= {min_score:g}); wrote {args.out}",
           file=sys.stderr)
     return 0
