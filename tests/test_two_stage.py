@@ -43,8 +43,10 @@ def test_detector_then_keypoints_on_its_boxes(tmp_path):
     wrong = run_main("--config=configs/demo.py", f"--workdir={detector}", *TINY, *data, timeout=600)
     assert wrong.returncode == 1 and "holds a detection model" in wrong.stderr.strip().splitlines()[-1]
 
+    # As `make demo`: the keypoint network's backbone starts from the detector's.
     keypoints = tmp_path / "keypoints"
     both = run_main("--config=configs/demo.py", f"--workdir={keypoints}", *TINY, *data,
+                    f"--config.init.backbone={detector}",
                     "--config.data.val.boxes=detector", f"--config.data.val.detector_workdir={detector}",
                     "--config.inference.flip_test=False", timeout=600)
     metrics = json.loads((keypoints / "eval" / "metrics.json").read_text()) if both.returncode == 0 else {}
@@ -53,6 +55,7 @@ def test_detector_then_keypoints_on_its_boxes(tmp_path):
     assert both.returncode == 0, both.stderr[-3000:]
     assert set(metrics) == {*STAT_NAMES, *(f"{name}_gt_boxes" for name in STAT_NAMES), "step"}
     assert "with ground-truth boxes" in both.stderr
+    assert f"backbone initialised from {detector} (hvpose checkpoint (18-layer, base width 8))" in both.stderr
 
     import hvpose
     from hvpose.data.images import decode_image, read_image_file

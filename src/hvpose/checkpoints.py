@@ -17,6 +17,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
@@ -170,6 +171,36 @@ def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[in
     finally:
         manager.close()
     return dict(restored["state"]), step
+
+
+def restore_backbone(workdir: str) -> tuple[dict[str, Any], int]:
+    """The ResNet of an hvpose training workdir's newest checkpoint (a keypoint network's or a detector's) and its
+    step: `{"params": {unit: array}, "batch_stats": {unit: array}}`, numpy arrays named as `ResNet`'s units.
+
+    Only the backbone is read (shapes from the checkpoint's own metadata, so no model is built). A detector whose
+    second stage runs conv5_x per RoI (`head="block4"`) keeps those units beside its backbone; they are returned
+    with it, so the result is always the whole ResNet that was trained.
+    """
+    checkpoint_dir = resolve_workdir(str(epath.Path(workdir) / "checkpoints"))
+    manager = ocp.CheckpointManager(checkpoint_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint")
+        saved = manager.item_metadata(step)["state"]
+        resnet_units = lambda tree: {name: value for name, value in tree.items()  # noqa: E731
+                                     if name == "backbone" or name.startswith("block4_")}
+        target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
+                              {kind: resnet_units(saved[kind]) for kind in ("params", "batch_stats")})
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))["state"]
+    finally:
+        manager.close()
+    return {kind: {**restored[kind].get("backbone", {}),
+                   **{name: units for name, units in restored[kind].items() if name != "backbone"}}
+            for kind in ("params", "batch_stats")}, step
 
 
 def model_differences(checkpoint_dir: str, model: Any) -> str:

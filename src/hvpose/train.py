@@ -98,17 +98,19 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
 
 def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop_size: tuple[int, int], seed: int,
                backbone: str = "") -> TrainState:
-    """Fresh state: random initialisation, with the backbone's ImageNet weights when `backbone` names a Keras
-    Applications h5 or a torchvision/timm `.safetensors` file (`hvpose.pretrained.families`); a detector's
-    conv5_x head (`FasterRCNN(head="block4")`) gets the ImageNet conv5_x too."""
+    """Fresh state: random initialisation, with a pretrained backbone when `backbone` names a Keras Applications h5
+    or a torchvision/timm `.safetensors` file (ImageNet), or an hvpose training workdir (the ResNet of its newest
+    checkpoint; `hvpose.pretrained.families`); a detector's conv5_x head (`FasterRCNN(head="block4")`) gets the
+    pretrained conv5_x too."""
     variables = initial_variables(model, jax.random.key(seed), jnp.zeros((1, *crop_size, 3), jnp.uint8))
     params, batch_stats = variables["params"], variables["batch_stats"]
     if backbone:
         from hvpose.pretrained.keras_resnet import check_matches
 
-        family = check_backbone_matches(backbone, {"stride_on": model.stride_on, "conv_bias": model.conv_bias,
-                                                   "preprocess": model.preprocess})
+        family = check_backbone_matches(backbone, {name: getattr(model, name) for name in (
+            "depth", "base_width", "stride_on", "conv_bias", "preprocess")})
         loaded = family.read(backbone, model.depth)
+        log.warning("hvpose: backbone initialised from %s (%s)", backbone, family.name)
         # A detector with the block4 head runs conv5_x per RoI, outside its backbone: those units load beside it.
         beside = {kind: {name: value for name, value in loaded[kind].items()
                          if name.startswith("block4_") and name not in tree["backbone"]}

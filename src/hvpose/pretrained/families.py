@@ -1,8 +1,10 @@
-"""Which ImageNet weight family needs which keypoint-network settings: the one place that knows it.
+"""Which pretrained backbone needs which model settings: the one place that knows it.
 
 Keras Applications' ResNets (`.h5`) put the stride on the first 1x1 convolution, have convolution biases and
 expect Caffe-style input (BGR minus the ImageNet mean); torchvision/timm ResNets (`.safetensors`) put the stride
-on the 3x3 convolution, have no convolution biases and expect torchvision's standardised RGB.
+on the 3x3 convolution, have no convolution biases and expect torchvision's standardised RGB. An hvpose training
+workdir (a keypoint network's or a person detector's) gives the ResNet it trained; it needs the settings it was
+trained with, read from the config saved beside its checkpoints.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from etils import epath
 
 from hvpose.errors import ConfigError
 
@@ -24,6 +28,8 @@ class BackboneFamily:
     conv_bias: bool  # `KeypointNet.conv_bias`
     preprocess: str  # `KeypointNet.preprocess`
     read: Callable[[str, int], dict[str, Any]]  # (path, depth) -> {"params": ..., "batch_stats": ...}
+    depth: int | None = None  # `KeypointNet.depth` (None: not known before reading; shapes are checked then)
+    base_width: int | None = None  # `KeypointNet.base_width` (None: as `depth`)
 
 
 def _read_keras(path: str, depth: int) -> dict[str, Any]:
@@ -43,16 +49,43 @@ TORCH = BackboneFamily("torchvision/timm", stride_on="3x3", conv_bias=False, pre
                        read=_read_torch)
 
 
+def _read_workdir(path: str, depth: int) -> dict[str, Any]:
+    from hvpose.checkpoints import restore_backbone
+
+    return restore_backbone(path)[0]
+
+
+def _workdir_family(path: str) -> BackboneFamily:
+    """The settings of the ResNet trained in an hvpose workdir, from the config saved beside its checkpoints."""
+    from hvpose.checkpoints import read_config
+
+    model = read_config(str(epath.Path(path) / "checkpoints"))[0].model
+    return BackboneFamily(f"hvpose checkpoint ({model.depth}-layer, base width {model.base_width})",
+                          stride_on=model.stride_on, conv_bias=model.conv_bias, preprocess=model.preprocess,
+                          read=_read_workdir, depth=model.depth, base_width=model.base_width)
+
+
 def backbone_family(path: str | os.PathLike[str]) -> BackboneFamily:
-    """The family of an ImageNet weight file, by its type: `.safetensors` torchvision/timm, else Keras h5."""
-    return TORCH if os.fspath(path).endswith(".safetensors") else KERAS
+    """The family of pretrained backbone weights, by what `path` is: an hvpose training workdir (a folder with
+    `checkpoints/config.json`), a torchvision/timm `.safetensors` file, else a Keras h5."""
+    path = os.fspath(path)
+    folder = epath.Path(path)
+    if folder.is_dir():
+        if not (folder / "checkpoints" / "config.json").exists():
+            raise ConfigError(f"{path}: a folder, but not an hvpose training workdir (no checkpoints/config.json); "
+                              "pretrained backbones are Keras .h5 or torchvision/timm .safetensors files, or the "
+                              "workdir of a trained keypoint network or detector")
+        return _workdir_family(path)
+    return TORCH if path.endswith(".safetensors") else KERAS
 
 
 def check_backbone_matches(path: str | os.PathLike[str], model_config: Mapping[str, Any]) -> BackboneFamily:
     """The family of `path`; raises ConfigError naming every `config.model` field the weights cannot work with."""
     family = backbone_family(path)
-    wrong = [f"config.model.{name}={getattr(family, name)!r}" for name in ("stride_on", "conv_bias", "preprocess")
-             if model_config[name] != getattr(family, name)]
+    wrong = [f"config.model.{name}={getattr(family, name)!r}"
+             for name in ("depth", "base_width", "stride_on", "conv_bias", "preprocess")
+             if getattr(family, name) is not None and name in model_config
+             and model_config[name] != getattr(family, name)]
     if wrong:
         raise ConfigError(f"{os.fspath(path)}: {family.name} ResNet weights need {', '.join(wrong)}")
     return family
