@@ -67,11 +67,26 @@ if ! [ -x "$VENV/bin/python" ] || ! is_suitable "$VENV/bin/python"; then
   rm -rf "$VENV"
   "$python" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-if [ -n "$extra" ]; then
-  "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
-else
-  "$VENV/bin/python" -m pip install --quiet -e .
+spec=.${extra:+[$extra]}
+# The installer: uv (on PATH, or put into the venv by pip) unless HVPOSE_INSTALLER=pip. On a fresh 2-core machine it
+# installs hvpose in about 12 s against pip's 46 s (README, "Set-up"). uv reads its own settings (UV_INDEX_URL, ...),
+# not pip's; should it fail (an index only pip is set up for, say), pip installs instead.
+installer=${HVPOSE_INSTALLER:-uv}
+case "$installer" in
+  uv|pip) ;;
+  *) echo "error: HVPOSE_INSTALLER=$installer is not uv or pip" >&2; exit 2 ;;
+esac
+if [ "$installer" = uv ]; then
+  uv=$(command -v uv || true)
+  if [ -z "$uv" ] && "$VENV/bin/python" -m pip install --quiet uv; then uv="$VENV/bin/uv"; fi
+  if [ -z "$uv" ] || ! "$uv" pip install --quiet --python "$VENV/bin/python" -e "$spec"; then
+    echo "hvpose setup: uv could not install hvpose (above); installing with pip" >&2
+    installer=pip
+  fi
+fi
+if [ "$installer" = pip ]; then
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$spec"
 fi
 # Builds the native CPU voting kernel now rather than on first use (about 5 s; it says why if it cannot).
 "$VENV/bin/python" -c 'from hvpose.ops import native; import sys; sys.exit(native.ffi_target("hvpose_hough_vote_cpu") is None)' \
