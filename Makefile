@@ -13,12 +13,14 @@ setup:
 setup-runtime:
 	@scripts/setup.sh
 
-# Both stages on the built-in people: the person detector, then the keypoint network evaluated on its boxes (and on
-# the ground-truth boxes for comparison). The two share one copy of the synthetic data and its ArrayRecord cache.
+# Both stages on the built-in people: the person detector, then the keypoint network, its backbone started from the
+# detector's, evaluated on the detector's boxes (and on the ground-truth boxes for comparison). The two share one
+# copy of the synthetic data and its ArrayRecord cache.
 demo: setup-runtime
 	$(PY) -m hvpose.main --config=configs/detector_demo.py --workdir=workdir/demo/detector \
 		--config.data.synthetic.root=workdir/demo/demo_data --config.data.cache_dir=workdir/demo/tfds
-	$(PY) -m hvpose.main --config=configs/demo.py --workdir=workdir/demo --config.data.val.boxes=detector
+	$(PY) -m hvpose.main --config=configs/demo.py --workdir=workdir/demo --config.init.backbone=workdir/demo/detector \
+		--config.data.val.boxes=detector
 
 # The suite in TEST_WORKERS processes (pytest-xdist), a test file per process at a time (module fixtures built
 # once): much of it is single-threaded (XLA compiles, subprocess start-up, COCOeval), so two processes on two cores
