@@ -118,7 +118,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.max_boxes = 0  # evaluate only the first N boxes (0 = all; for quick checks)
 
     config.init = ml_collections.ConfigDict()
-    config.init.backbone = ""  # ImageNet ResNet: Keras h5 or torchvision/timm .safetensors; "" = random init
+    config.init.backbone = ""  # ImageNet ResNet (Keras h5, torchvision/timm .safetensors) or an hvpose training
+    # workdir (its newest checkpoint's ResNet); "" = random init
     config.init.posenet_tfjs = ""  # PoseNet TF.js model JSON (configs/posenet.py)
 
     if variant == "gt_boxes":

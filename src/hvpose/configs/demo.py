@@ -47,8 +47,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.train.batch_size = 16
     config.train.steps = 900  # sized with the detector's steps to the demo's budget (README, "The demo")
-    config.train.learning_rate = 1.6e-2  # per batch 64; 4e-3 at batch 16: a short run from scratch takes a
-    # high rate (4x and 2x the half-width demo's rate both beat it; README)
+    config.train.learning_rate = 1.6e-2  # per batch 64; 4e-3 at batch 16: a short run takes a high rate (4x and 2x
+    # an earlier demo's both beat it; twice this one is within one seed's noise; README)
     config.train.warmup_steps = 100
     config.train.decay_boundaries = (0.75, 0.92)  # 10x decays at 75% and 92% of the steps
     config.train.log_every = 100

@@ -113,7 +113,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.draw_threshold = 0.5  # boxes scoring above are drawn
 
     config.init = ml_collections.ConfigDict()
-    config.init.backbone = ""  # ImageNet ResNet-101: Keras h5 or torchvision/timm .safetensors ("" = random)
+    config.init.backbone = ""  # ImageNet ResNet-101 (Keras h5, torchvision/timm .safetensors) or an hvpose
+    # training workdir (its newest checkpoint's ResNet); "" = random
     config.init.posenet_tfjs = ""  # unused by the detector (kept so every config has the field)
     if variant:
         raise ValueError(f"unknown variant {variant!r} of configs/detector_coco.py")
