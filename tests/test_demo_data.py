@@ -1,6 +1,7 @@
 """The built-in synthetic people: deterministic, mirror-consistent, multi-person with occlusion and truncation."""
 
 import json
+import multiprocessing
 
 import numpy as np
 
@@ -85,3 +86,32 @@ def test_dataset_is_deterministic_valid_coco_and_its_training_crops_tell_left_fr
             checked += 1
             facing.add(frontal)
     assert checked >= 20 and facing == {True, False} and flips >= 5
+
+
+def _generate_when_both_are_ready(barrier, folder, seed):
+    barrier.wait()
+    ensure_demo_dataset(folder, 80, 5, seed=seed)
+
+
+def test_runs_generating_one_folder_at_once_leave_one_consistent_dataset(tmp_path):
+    """Two runs that start together on the same folder with different seeds (two configs sharing a data root) take
+    turns: the folder ends as exactly one seed's dataset, its manifest naming that seed, never a mix."""
+    references = {seed: tmp_path / f"seed{seed}" for seed in (0, 1)}
+    for seed, folder in references.items():
+        ensure_demo_dataset(folder, 80, 5, seed=seed)
+    shared = tmp_path / "shared"
+    context = multiprocessing.get_context("spawn")
+    start_together = context.Barrier(2)
+    runs = [context.Process(target=_generate_when_both_are_ready, args=(start_together, shared, seed))
+            for seed in (0, 1)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+        assert run.exitcode == 0
+    seed = json.loads((shared / "manifest.json").read_text())["seed"]
+    files = sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file() and p.name != ".lock")
+    assert files == sorted(p.relative_to(references[seed]) for p in references[seed].rglob("*") if p.is_file()
+                           and p.name != ".lock")
+    for name in files:
+        assert (shared / name).read_bytes() == (references[seed] / name).read_bytes(), name

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -277,11 +278,18 @@ def ensure_demo_dataset(root: str | os.PathLike[str], num_train: int = 600, num_
     manifest = root / "manifest.json"
     settings = {"version": FORMAT_VERSION, "train": num_train, "val": num_val, "seed": seed}
     paths = {"train": str(root / "train.json"), "val": str(root / "val.json"), "images": str(root / "images")}
-    if manifest.exists() and json.loads(manifest.read_text()) == settings:
-        return paths
-    write_split(root, "train", num_train, seed, first_image_id=1)
-    write_split(root, "val", num_val, seed, first_image_id=1_000_000)
-    manifest.write_text(json.dumps(settings))
+    root.mkdir(parents=True, exist_ok=True)
+    # Runs sharing the folder take turns (a run that finds it being written waits, then reuses or rewrites it), so
+    # it never holds a mix of two generations; the manifest goes first and comes back last, so a generation cut
+    # short is redone.
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if manifest.exists() and json.loads(manifest.read_text()) == settings:
+            return paths
+        manifest.unlink(missing_ok=True)
+        write_split(root, "train", num_train, seed, first_image_id=1)
+        write_split(root, "val", num_val, seed, first_image_id=1_000_000)
+        manifest.write_text(json.dumps(settings))
     return paths
 
 
