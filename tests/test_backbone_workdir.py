@@ -2,6 +2,8 @@
 checkpoint, exactly, into a keypoint network or a detector; the rest stays random; settings that cannot fit are
 refused in one line before anything is read."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -65,6 +67,12 @@ def test_settings_that_cannot_fit_are_refused_in_one_line(trained, tmp_path):
         check_backbone_matches(workdir, wider)
     with pytest.raises(ConfigError, match="not an hvpose training workdir"):
         backbone_family(tmp_path)
+    unsaved = tmp_path / "unsaved" / "checkpoints"  # a run stopped before its first checkpoint
+    unsaved.mkdir(parents=True)
+    shutil.copy(workdir / "checkpoints" / "config.json", unsaved)
+    model, optimizer, _ = tiny_model_and_optimizer(config)
+    with pytest.raises(ConfigError, match="no checkpoint to take the backbone from"):
+        init_state(model, optimizer, (config.crop.height, config.crop.width), 0, backbone=str(unsaved.parent))
     # train() refuses before it prepares any data.
     refused = tiny_config()
     refused.model.base_width = 16

@@ -52,7 +52,10 @@ TORCH = BackboneFamily("torchvision/timm", stride_on="3x3", conv_bias=False, pre
 def _read_workdir(path: str, depth: int) -> dict[str, Any]:
     from hvpose.checkpoints import restore_backbone
 
-    return restore_backbone(path)[0]
+    try:
+        return restore_backbone(path)[0]
+    except FileNotFoundError as error:  # a run stopped before its first checkpoint
+        raise ConfigError(f"{path}: no checkpoint to take the backbone from ({error})") from None
 
 
 def _workdir_family(path: str) -> BackboneFamily:
