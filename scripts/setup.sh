@@ -68,9 +68,9 @@ if ! [ -x "$VENV/bin/python" ] || ! is_suitable "$VENV/bin/python"; then
   "$python" -m venv "$VENV"
 fi
 spec=.${extra:+[$extra]}
-# The installer: uv (on PATH, or put into the venv by pip) unless HVPOSE_INSTALLER=pip. On a fresh 2-core machine it
-# installs hvpose in about 12 s against pip's 46 s (README, "Set-up"). uv reads its own settings (UV_INDEX_URL, ...),
-# not pip's; should it fail (an index only pip is set up for, say), pip installs instead.
+# The installer: uv (on PATH, or put into the venv by pip) unless HVPOSE_INSTALLER=pip; it is several times faster
+# (README, "Set-up", has the times). uv reads its own settings (UV_INDEX_URL, ...), not pip's; should it fail (an
+# index only pip is set up for, say), pip installs instead.
 installer=${HVPOSE_INSTALLER:-uv}
 case "$installer" in
   uv|pip) ;;
