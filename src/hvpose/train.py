@@ -38,6 +38,7 @@ from hvpose.errors import ConfigError, NonFiniteLossError, configured
 from hvpose.metrics import MetricWriter
 from hvpose.models.initialize import initial_variables
 from hvpose.models.keypoint_net import KeypointNet
+from hvpose.models.resnet import frozen_parameters
 from hvpose.paths import resolve_workdir
 from hvpose.pretrained.families import check_backbone_matches
 from hvpose.targets import check_loss_settings, total_loss
@@ -80,9 +81,10 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
 
-def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(t: ml_collections.ConfigDict, frozen_stages: int = 0) -> optax.GradientTransformation:
     """The optimizer of `config.train` (`t`): AdamW or Nesterov momentum SGD with decoupled weight decay on
-    kernels, after global-norm gradient clipping when set."""
+    kernels, after global-norm gradient clipping when set. The backbone parts that `frozen_stages`
+    (`config.model.frozen_stages`) freezes get no update at all, weight decay included, and no optimizer state."""
     schedule = learning_rate_schedule(t)
     if t.optimizer == "adamw":
         optimizer = optax.adamw(schedule, weight_decay=t.weight_decay, mask=_decay_mask)
@@ -93,6 +95,10 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
         raise ConfigError(f"config.train.optimizer: {t.optimizer!r} is not 'adamw' or 'momentum'")
     if t.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), optimizer)
+    if frozen_stages:
+        labels = lambda params: jax.tree.map(  # noqa: E731
+            lambda frozen: "frozen" if frozen else "trained", frozen_parameters(params, frozen_stages))
+        optimizer = optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
     return optimizer
 
 
@@ -264,6 +270,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                           "imported MobileNet)")
     if config.init.backbone:
         check_backbone_matches(config.init.backbone, config.model)
+    elif config.model.get("frozen_stages", 0):
+        raise ConfigError(f"config.model.frozen_stages={config.model.frozen_stages} would freeze randomly "
+                          "initialised layers: give config.init.backbone, or set frozen_stages=0")
     workdir = resolve_workdir(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     # Each part from its own config section, once, in order: data, model and loss (the task), optimizer, devices,
@@ -280,7 +289,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     else:
         raise ConfigError(f"config.task: {task_name!r} is not 'keypoints' or 'detection'")
     model, loader = task.model, task.loader
-    optimizer, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
+    optimizer = make_optimizer(config.train, config.model.get("frozen_stages", 0))
+    schedule = learning_rate_schedule(config.train)
     mesh = sharding.make_mesh()
     if config.train.batch_size % jax.device_count():
         raise ConfigError(f"config.train.batch_size {config.train.batch_size} is not divisible by the "

@@ -41,6 +41,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.bn_frozen = False  # BatchNorm statistics over the global batch
     config.model.bn_momentum = 0.9  # running statistics decay
     config.model.bn_epsilon = 1.001e-5  # Keras Applications' (torchvision/timm weights: 1e-5)
+    config.model.frozen_stages = 0  # backbone parts left as loaded (0: none, 1: the stem, 2: also conv2_x, ...),
+    # which skips their backward pass; the paper trains them all, Detectron2 freezes 2 of an ImageNet ResNet
     config.model.dtype = "bfloat16"  # compute dtype, MXU-native on TPU; parameters stay float32
     config.model.preprocess = "caffe"  # Keras ImageNet ResNets: BGR minus the mean ("torchvision", "unit")
 

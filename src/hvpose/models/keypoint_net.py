@@ -49,7 +49,8 @@ class KeypointNet(nn.Module):
 
     Attributes:
       num_keypoints: K.
-      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width: backbone
+      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width, frozen_stages:
+        backbone
         (see ResNet).
       aux_head: add a second 1x1 head on block3.
       preprocess: input normalisation, "caffe", "torchvision", "unit" or "none" (`hvpose.models.preprocess`).
@@ -71,6 +72,7 @@ class KeypointNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1.001e-5
     base_width: int = 64
+    frozen_stages: int = 0
     aux_head: bool = False
     preprocess: str = "caffe"
     map_stride: int = 1
@@ -91,7 +93,7 @@ class KeypointNet(nn.Module):
         features = ResNet(
             depth=self.depth, output_stride=self.output_stride, stride_on=self.stride_on, conv_bias=self.conv_bias,
             bn_frozen=self.bn_frozen, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            base_width=self.base_width, dtype=DTYPES[self.dtype], name="backbone",
+            base_width=self.base_width, frozen_stages=self.frozen_stages, dtype=DTYPES[self.dtype], name="backbone",
         )(preprocess(crops, self.preprocess), train=train)
         heads = {"": features["block4"]}
         if self.aux_head:

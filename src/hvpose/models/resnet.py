@@ -145,6 +145,30 @@ def stage_units(x: jax.Array, stage: int, depth: int, stride: int, dilation: int
     return x
 
 
+def frozen_part(module_name: str) -> int | None:
+    """Which part of a ResNet a parameter collection belongs to, by its module name: 0 for the stem, s + 1 for
+    stage s (`block{s+1}_unit{k}`), None for anything else."""
+    if module_name.startswith("stem_"):
+        return 0
+    if module_name.startswith("block") and "_unit" in module_name:
+        return int(module_name[len("block"):module_name.index("_unit")])
+    return None
+
+
+def frozen_parameters(params: Any, frozen_stages: int, backbone: str = "backbone") -> Any:
+    """A tree of bools over `params`: True for the parameters that `ResNet(frozen_stages=...)` freezes, i.e. those
+    under the module named `backbone` in its stem and first `frozen_stages - 1` stages."""
+
+    def frozen(path: tuple, _: Any) -> bool:
+        names = [getattr(key, "key", None) for key in path]
+        if backbone not in names or names.index(backbone) + 1 >= len(names):
+            return False
+        part = frozen_part(str(names[names.index(backbone) + 1]))
+        return part is not None and part < frozen_stages
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
+
+
 class ResNet(nn.Module):
     """ResNet v1 backbone returning `{"stem", "block1", ..., "block4"}` feature maps (NHWC).
 
@@ -164,6 +188,9 @@ class ResNet(nn.Module):
         proportionally narrower, ~quadratically cheaper networks for tests and CPU demos).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
       stages: how many of conv2_x..conv5_x to run (3: up to block3, for a detector that runs conv5_x per RoI).
+      frozen_stages: Detectron2's FREEZE_AT: 0 trains everything, 1 freezes the stem, 2 the stem and conv2_x, and
+        so on. Frozen parts use their stored BatchNorm statistics and pass no gradient back, so their backward
+        pass is never computed; `frozen_parameters` names their parameters for the optimizer.
     """
 
     depth: int = 101
@@ -176,6 +203,7 @@ class ResNet(nn.Module):
     base_width: int = 64
     dtype: Any = jnp.float32
     stages: int = 4
+    frozen_stages: int = 0
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -183,15 +211,25 @@ class ResNet(nn.Module):
             raise ValueError(f"depth must be one of {DEPTHS}, got {self.depth}")
         if self.stride_on not in ("1x1", "3x3"):
             raise ValueError(f"stride_on must be '1x1' or '3x3', got {self.stride_on!r}")
-        norm = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train or self.bn_frozen, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            dtype=self.dtype, name=name)
         if not 1 <= self.stages <= 4:
             raise ValueError(f"stages must be 1 to 4, got {self.stages}")
+        if not 0 <= self.frozen_stages <= self.stages + 1:
+            raise ValueError(f"frozen_stages must be 0 to {self.stages + 1} (stem and stages), "
+                             f"got {self.frozen_stages}")
+
+        def norm_of(part: int) -> Any:  # part 0 is the stem, part s + 1 stage s
+            frozen = not train or self.bn_frozen or part < self.frozen_stages
+            return lambda name: nn.BatchNorm(use_running_average=frozen, momentum=self.bn_momentum,
+                                             epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
+
+        def gradient_stop(x: jax.Array, part: int) -> jax.Array:
+            # The last frozen part's output carries no gradient: XLA then drops the backward pass below it.
+            return jax.lax.stop_gradient(x) if part == self.frozen_stages - 1 else x
+
         x = images.astype(self.dtype)
         x = nn.Conv(self.base_width, (7, 7), strides=2, padding=_pad(7), use_bias=self.conv_bias, dtype=self.dtype,
                     name="stem_conv")(x)
-        x = nn.relu(norm("stem_bn")(x))
+        x = gradient_stop(nn.relu(norm_of(0)("stem_bn")(x)), 0)
         features = {"stem": x}
         # Max-pool padding with -inf equals Keras's zero padding here because the input is post-ReLU (>= 0).
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
@@ -206,7 +244,8 @@ class ResNet(nn.Module):
             first_dilation = previous_dilation if (self.stride_on == "3x3" or self.depth in BASIC_STAGES) \
                 else dilation
             x = stage_units(x, stage, self.depth, stride, dilation, first_dilation, self.stride_on, self.conv_bias,
-                            norm, self.base_width, self.dtype)
+                            norm_of(stage + 1), self.base_width, self.dtype)
+            x = gradient_stop(x, stage + 1)
             previous_dilation = dilation
             features[f"block{stage + 1}"] = x
         return features
