@@ -8,6 +8,11 @@ Sections (times are the best of `--repeats` steps after compilation, on a fixed 
 devices):
   * `loss_grid`: `loss.map_stride` (the loss on every crop pixel, the paper's, against every 2nd/4th) against the
     config as it is (the baseline, same run).
+  * `head_and_loss`: the path from the head's feature-grid maps to the loss, forward and backward (upsampling to
+    the loss grid, split into heatmaps and (x, y) offsets, targets, cross-entropy and Huber terms), as hvpose runs
+    it (`models.keypoint_net.upsample_outputs`, `targets.keypoint_loss`) against the previous formulation (the
+    baseline, same run: the 3K maps upsampled and then split, with the (x, y) pairs stacked at loss resolution,
+    and optax's sigmoid cross-entropy), at the config's crop, strides, loss settings and batch; equal losses.
   * `scaling`: for each batch size and compute dtype, the whole step beside the bare backbone's step (the same
     ResNet, forward + backward of a stand-in loss on block4, and the same optimizer's update of the backbone's
     parameters) on the same crops. `outside_backbone` = 1 - backbone time / step time: the heads, the upsampling
@@ -47,9 +52,11 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from hvpose import sharding
 from hvpose.data.crops import check_crop_size
-from hvpose.models.keypoint_net import DTYPES, KeypointNet
+from hvpose.models.keypoint_net import DTYPES, KeypointNet, split_head, upsample_outputs
 from hvpose.models.preprocess import preprocess
 from hvpose.models.resnet import ResNet
+from hvpose.ops.upsample import upsample_to_map_stride
+from hvpose.targets import huber, keypoint_loss
 from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
 from machine import compile_with_flops, machine_info, peak_flops, write_results
 
@@ -182,6 +189,64 @@ def loss_grid_rows(config_path: pathlib.Path, batch: int, repeats: int) -> list[
     return rows
 
 
+def previous_head_and_loss(maps: jax.Array, keypoints: jax.Array, crop: tuple[int, int], output_stride: int,
+                           map_stride: int, radius: float, offset_scale: float | None, heatmap_weight: float = 4.0,
+                           offset_weight: float = 1.0, huber_delta: float = 1.0, **_: Any) -> jax.Array:
+    """The head-to-loss path as hvpose ran it before `upsample_outputs` (the baseline of `head_and_loss`)."""
+    k = keypoints.shape[1]
+    outputs = split_head(upsample_to_map_stride(maps, crop, output_stride, map_stride), k)
+    size = outputs["heatmap_logits"].shape[1:3]
+    ys = jnp.arange(size[0], dtype=jnp.float32)[:, None] * map_stride
+    xs = jnp.arange(size[1], dtype=jnp.float32)[None, :] * map_stride
+    dx, dy = jnp.broadcast_arrays(keypoints[:, None, None, :, 0] - xs[None, :, :, None],
+                                  keypoints[:, None, None, :, 1] - ys[None, :, :, None])
+    disk = (keypoints[:, None, None, :, 2] > 0) & (dx * dx + dy * dy <= radius * radius)
+    heatmap_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(outputs["heatmap_logits"], disk.astype(jnp.float32)))
+    scale = radius if offset_scale is None else offset_scale
+    error = (outputs["offsets"] - jnp.stack([dx, dy], axis=-1)) / scale
+    per_pixel = huber(jnp.sum(error * error, axis=-1), huber_delta / scale)
+    offset_loss = jnp.sum(jnp.where(disk, per_pixel, 0.0)) / jnp.maximum(jnp.sum(disk), 1)
+    return heatmap_weight * heatmap_loss + offset_weight * offset_loss
+
+
+def head_and_loss_rows(config_path: pathlib.Path, batch: int, repeats: int) -> list[dict[str, Any]]:
+    config = load_config(config_path)
+    crop = check_crop_size(**config.crop, output_stride=config.model.output_stride)
+    stride, map_stride = config.model.output_stride, config.loss.map_stride
+    settings = {key: value for key, value in config.loss.to_dict().items()
+                if key not in ("map_stride", "aux_weight", "unlabelled")}
+    rng = np.random.default_rng(0)
+    grid = ((crop[0] - 1) // stride + 1, (crop[1] - 1) // stride + 1)
+    maps = jnp.asarray(rng.normal(0, 3, (batch, *grid, 3 * 17)), jnp.float32)
+    keypoints = jnp.asarray(np.concatenate([rng.uniform(0, [crop[1], crop[0]], (batch, 17, 2)),
+                                            rng.integers(0, 3, (batch, 17, 1))], -1), jnp.float32)
+
+    def current(maps: jax.Array) -> jax.Array:
+        parts = split_head(maps, 17)
+        outputs = upsample_outputs(parts["heatmap_logits"], parts["offsets"], crop, stride, map_stride)
+        return keypoint_loss(outputs["heatmap_logits"], outputs["offsets"], keypoints, map_stride=map_stride,
+                             unlabelled="negative", **settings)["loss"]
+
+    def previous(maps: jax.Array) -> jax.Array:
+        return previous_head_and_loss(maps, keypoints, crop, stride, map_stride, **settings)
+
+    forms = {"previous (baseline)": jax.jit(jax.value_and_grad(previous)),
+             "hvpose": jax.jit(jax.value_and_grad(current))}
+    losses = {name: float(jax.block_until_ready(form(maps))[0]) for name, form in forms.items()}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(max(repeats, 10)):  # interleaved, so drift hits both alike
+        for name, form in forms.items():
+            start = time.perf_counter()
+            jax.block_until_ready(form(maps))
+            times[name].append(time.perf_counter() - start)
+    baseline = min(times["previous (baseline)"])
+    return [{"section": "head_and_loss", "config": config_path.name, "form": name, "batch": batch,
+             "loss_grid": f"{(crop[0] - 1) // map_stride + 1}x{(crop[1] - 1) // map_stride + 1}",
+             "seconds": min(times[name]), "time_vs_baseline": min(times[name]) / baseline, "loss": losses[name],
+             "same_loss": bool(np.isclose(losses[name], losses["previous (baseline)"], rtol=1e-5))}
+            for name in forms]
+
+
 def peer_rows(batches: list[int], dtypes: list[str], repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The PyTorch peer's rows (`train_step_torch.py` in a subprocess) and what it ran on."""
     command = [sys.executable, str(pathlib.Path(__file__).parent / "train_step_torch.py"),
@@ -264,6 +329,7 @@ def main() -> None:
                                   for d, (p, s) in peaks.items()]
     rows += init_rows([args.config, REPO / "configs" / "detector_demo.py"])
     rows += loss_grid_rows(args.config, args.batches[0], args.repeats)
+    rows += head_and_loss_rows(args.config, args.batches[0], args.repeats)
     rows += scaling_rows(args.config, args.batches, dtypes, args.repeats, peaks)
     if args.paper:
         rows += scaling_rows(REPO / "configs" / "coco.py", args.paper_batches, dtypes, max(2, args.repeats // 2),
@@ -287,6 +353,10 @@ def main() -> None:
     for row in (r for r in rows if r["section"] == "loss_grid"):
         print(f"{row['config']:10} {row['variant']:30} {row['batch']:5d} {row['seconds']:8.3f} "
               f"{row['crops_per_second']:8.1f} {row['time_vs_baseline']:7.2f}x")
+    print(f"\n{'head to loss, fwd+bwd':30} {'loss grid':>9} {'batch':>5} {'ms':>8} {'vs base':>8} {'same loss':>9}")
+    for row in (r for r in rows if r["section"] == "head_and_loss"):
+        print(f"{row['form']:30} {row['loss_grid']:>9} {row['batch']:5d} {row['seconds'] * 1e3:8.2f} "
+              f"{row['time_vs_baseline']:7.2f}x {str(row['same_loss']):>9}")
     print(f"\n{'config':10} {'dtype':9} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'GFLOP/crop':>10} {'TFLOP/s':>8} "
           f"{'MFU':>6} {'backbone s':>10} {'outside bb':>10} {'(FLOPs)':>8}")
     for row in (r for r in rows if r["section"] == "scaling"):

@@ -7,8 +7,8 @@ import optax
 import pytest
 from scipy import ndimage
 
-from hvpose.models.keypoint_net import KeypointNet, split_head
-from hvpose.ops.upsample import interpolation_matrix, resize_aligned_corners
+from hvpose.models.keypoint_net import KeypointNet, split_head, upsample_outputs
+from hvpose.ops.upsample import interpolation_matrix, resize_aligned_corners, upsample_to_map_stride
 from hvpose.targets import total_loss
 
 
@@ -124,6 +124,18 @@ def test_network_upsamples_with_aligned_corners():
         np.testing.assert_allclose(full[key][:, ::8, ::8], grid[key], atol=1e-6)
         np.testing.assert_allclose(full[key][:, ::2, ::2], half[key], atol=1e-6)
         assert float(jnp.abs(full[key][:, 4::8, 4::8] - grid[key][:, :-1, :-1]).max()) > 1e-6
+
+
+@pytest.mark.parametrize("map_stride", [1, 2, 8])
+def test_upsampling_the_split_outputs_equals_splitting_the_upsampled_maps(rng, map_stride):
+    """`upsample_outputs` splits on the feature grid (for speed); the values are those of the 3K maps upsampled."""
+    maps = jnp.asarray(rng.normal(size=(2, 6, 5, 3 * 4)), jnp.float32)
+    grid = split_head(maps, 4)
+    ours = upsample_outputs(grid["heatmap_logits"], grid["offsets"], (41, 33), 8, map_stride)
+    reference = split_head(upsample_to_map_stride(maps, (41, 33), 8, map_stride), 4)
+    for key in ("heatmap_logits", "offsets"):
+        assert ours[key].shape == reference[key].shape
+        np.testing.assert_allclose(ours[key], reference[key], rtol=1e-6, atol=1e-6)
 
 
 def test_network_normalises_its_uint8_input_itself(rng):

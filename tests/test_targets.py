@@ -76,6 +76,23 @@ def test_loss_matches_direct_formula(rng, delta, scale, stride):
     np.testing.assert_allclose([got["loss"], got["heatmap_loss"], got["offset_loss"]], want, rtol=1e-5)
 
 
+def test_gradients_are_the_logistic_and_huber_derivatives(rng):
+    """d L_h / d z = (sigmoid(z) - t) / pixels; d L_o / d offset = huber'(|e|) e / |e| / scale / disk pixels."""
+    keypoints = keypoints_example()
+    logits = rng.normal(0, 3, (2, H, W, 5)).astype(np.float32)
+    offsets = rng.normal(0, 2, (2, H, W, 5, 2)).astype(np.float32)
+    targets = make_targets(keypoints, (H, W), R)
+    grad_logits, grad_offsets = jax.grad(lambda z, o: keypoint_loss(z, o, keypoints, R, heatmap_weight=1.0)["loss"],
+                                         argnums=(0, 1))(logits, offsets)
+    sigmoid = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    np.testing.assert_allclose(grad_logits, (sigmoid - targets["heatmaps"]) / logits.size, rtol=1e-4, atol=1e-9)
+    error = (offsets - np.asarray(targets["offsets"])) / R
+    norm = np.linalg.norm(error, axis=-1, keepdims=True)
+    slope = np.where(norm <= 1.0 / R, error * R, error / np.maximum(norm, 1e-12))  # d huber / d error
+    disk = np.asarray(targets["offset_mask"])[..., None]
+    np.testing.assert_allclose(grad_offsets, np.where(disk, slope / R / disk.sum(), 0.0), rtol=1e-4, atol=1e-9)
+
+
 def test_perfect_offsets_cost_nothing_and_gradients_are_finite():
     keypoints = keypoints_example()
     targets = make_targets(keypoints, (H, W), R)

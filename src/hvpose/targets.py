@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 UNLABELLED_CHOICES = ("negative", "ignore")
 
@@ -120,17 +119,25 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
         raise ValueError(f"unlabelled must be one of {UNLABELLED_CHOICES}, got {unlabelled!r}")
     size = heatmap_logits.shape[1:3]
     scale = float(radius if offset_scale is None else offset_scale)
-    disk, displacement = _disk_and_displacement(keypoints, size, radius, map_stride)
-    heatmap_logits = heatmap_logits.astype(jnp.float32)
-    cross_entropy = optax.sigmoid_binary_cross_entropy(heatmap_logits, disk.astype(jnp.float32))
+    ys, xs = pixel_grid(*size, map_stride)
+    keypoints = keypoints.astype(jnp.float32)
+    # As `_disk_and_displacement`, with x and y apart: at crop resolution, arrays with a trailing (x, y) axis of 2
+    # made this loss several times slower on CPUs (`benchmarks/train_step.py`, "head and loss").
+    dx = keypoints[:, None, None, :, 0] - xs[None, :, :, None]
+    dy = keypoints[:, None, None, :, 1] - ys[None, :, :, None]
+    labelled = keypoints[:, None, None, :, 2] > 0
+    disk = labelled & (dx * dx + dy * dy <= radius * radius)
+    logits = heatmap_logits.astype(jnp.float32)
+    # Sigmoid cross-entropy with 0/1 targets, softplus(z) - t * z: two transcendentals per pixel, not optax's four.
+    cross_entropy = jax.nn.softplus(logits) - jnp.where(disk, logits, 0.0)
     if unlabelled == "negative":
         heatmap_loss = jnp.mean(cross_entropy)
     else:  # mean over the heatmaps of labelled keypoints only (every pixel of each)
-        labelled = (keypoints[:, :, 2] > 0)[:, None, None, :]
         counted = jnp.sum(labelled) * size[0] * size[1]
         heatmap_loss = jnp.sum(jnp.where(labelled, cross_entropy, 0.0)) / jnp.maximum(counted, 1)
-    error = (offsets.astype(jnp.float32) - displacement) / scale
-    per_pixel = huber(jnp.sum(error * error, axis=-1), huber_delta / scale)
+    offsets = offsets.astype(jnp.float32)
+    error_x, error_y = (offsets[..., 0] - dx) / scale, (offsets[..., 1] - dy) / scale
+    per_pixel = huber(error_x * error_x + error_y * error_y, huber_delta / scale)
     offset_loss = jnp.sum(jnp.where(disk, per_pixel, 0.0)) / jnp.maximum(jnp.sum(disk), 1)
     return {
         "loss": heatmap_weight * heatmap_loss + offset_weight * offset_loss,

@@ -36,6 +36,23 @@ def split_head(maps: jax.Array, num_keypoints: int) -> dict[str, jax.Array]:
     return {"heatmap_logits": maps[..., :k], "offsets": offsets}
 
 
+def upsample_outputs(heatmap_logits: jax.Array, offsets: jax.Array, input_size: tuple[int, int],
+                     output_stride: int, map_stride: int) -> dict[str, jax.Array]:
+    """Feature-grid heatmap logits (B, h, w, K) and offsets (B, h, w, K, 2) -> the same on every
+    `map_stride`-th input pixel (`upsample_to_map_stride`).
+
+    The values are those of upsampling the head's 3K maps and then splitting them, but the split and the (x, y)
+    interleave happen on the small grid: at crop resolution a split or stack is a strided copy, and with the
+    loss that reads it, it cost the demo's train step more than its whole heatmap and offset loss
+    (`benchmarks/train_step.py`, "head and loss").
+    """
+    batch, height, width, k, _ = offsets.shape
+    up = lambda maps: upsample_to_map_stride(maps, input_size, output_stride, map_stride)  # noqa: E731
+    heatmap_logits = up(heatmap_logits)
+    offsets = up(offsets.reshape(batch, height, width, 2 * k)).reshape(*heatmap_logits.shape, 2)
+    return {"heatmap_logits": heatmap_logits, "offsets": offsets}
+
+
 class KeypointNet(nn.Module):
     """Backbone + heatmap/offset head(s), upsampled to the input crop size.
 
@@ -111,9 +128,11 @@ class KeypointNet(nn.Module):
             # 16-32 px and 1/4 px beyond, and this 1x1 convolution is a negligible part of the cost.
             maps = nn.Conv(3 * k, (1, 1), dtype=jnp.float32, kernel_init=nn.initializers.normal(0.01),
                            bias_init=head_bias, name=f"{prefix}head")(feature.astype(jnp.float32))
-            maps = upsample_to_map_stride(maps, crops.shape[1:3], self.output_stride, self.map_stride)
-            outputs.update({prefix + key: value for key, value in split_head(maps, k).items()})
+            grid = split_head(maps, k)
+            maps = upsample_outputs(grid["heatmap_logits"], grid["offsets"], crops.shape[1:3], self.output_stride,
+                                    self.map_stride)
+            outputs.update({prefix + key: value for key, value in maps.items()})
         return outputs
 
 
-__all__ = ["DTYPES", "KeypointNet", "split_head"]
+__all__ = ["DTYPES", "KeypointNet", "split_head", "upsample_outputs"]

@@ -23,9 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hvpose.models.keypoint_net import upsample_outputs
 from hvpose.models.preprocess import check_preprocess, preprocess
 from hvpose.ops.depthwise import depthwise_conv, resolve
-from hvpose.ops.upsample import upsample_to_map_stride
 
 
 class ConvSpec(NamedTuple):
@@ -115,10 +115,8 @@ class MobileNetPoseNet(nn.Module):
         k = self.num_keypoints
         head = lambda features, name: nn.Conv(features, (1, 1), dtype=jnp.float32, name=name)(x)  # noqa: E731
         heatmaps, offsets = head(k, "heatmap"), head(2 * k, "offset")
-        maps = jnp.concatenate([heatmaps, offsets], axis=-1)
-        maps = upsample_to_map_stride(maps, crops.shape[1:3], self.output_stride, self.map_stride)
-        outputs = {"heatmap_logits": maps[..., :k],
-                   "offsets": jnp.stack([maps[..., 2 * k:], maps[..., k:2 * k]], axis=-1)}  # (y, x) -> (x, y)
+        offsets = jnp.stack([offsets[..., k:], offsets[..., :k]], axis=-1)  # (y, x) -> (x, y)
+        outputs = upsample_outputs(heatmaps, offsets, crops.shape[1:3], self.output_stride, self.map_stride)
         if self.num_edges:
             e = self.num_edges
             for name in ("displacement_fwd", "displacement_bwd"):
