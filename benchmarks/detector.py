@@ -8,7 +8,9 @@ Inputs are random uint8 canvases of the config's `data.canvas_size` (or `--canva
 ground-truth boxes per image, 3 of them valid (static shapes); the network has its random initialisation. Times
 are the median of `--repeats` calls after a warm-up call (compilation excluded), results awaited.
 
-Sections (each with every `roi_align_method`, "gather", "einsum" and "fused", where it matters):
+Sections (each with every `roi_align_method`, "gather", "einsum", "fused" and "dense", where it matters; section 3
+leaves "dense" out (None) where its per-image bin matrix would exceed `DENSE_LIMIT_BYTES`, as on detector_coco.py's
+maps; sections 1 and 2 run the config's own shapes, small for detector_demo.py):
   1. train step: the whole jitted step (`jit_train_step` with `detector_objective`: forward, losses, backward,
      optimizer) against the bare backbone's forward+backward (the detector's own ResNet, its `stages`, from the
      same images, BatchNorm in training mode) timed beside it; `outside_backbone` is the share of the step's time
@@ -415,6 +417,9 @@ def inference_section(config: Any, variables: Any, batch_np: dict[str, np.ndarra
     return rows
 
 
+DENSE_LIMIT_BYTES = 512 * 2**20  # the "dense" RoIAlign's (RoIs * bins, H * W) float32 matrix, per image
+
+
 def roi_align_section(label: str, model: FasterRCNN, images: int, canvas: tuple[int, int], repeats: int,
                       rng: np.random.Generator) -> list[dict[str, Any]]:
     """Section 3: each RoIAlign form against gather at one model's feature shape, RoI counts and settings."""
@@ -429,9 +434,13 @@ def roi_align_section(label: str, model: FasterRCNN, images: int, canvas: tuple[
     for use, count, passes in (("inference", model.rpn_post_nms_top_k, ("fwd",)),
                                ("training", model.num_rois, ("fwd", "fwd+bwd"))):
         rois = jnp.asarray(random_boxes(rng, (images, count), canvas, 16.0, min(canvas)))
+        dense_bytes = 4 * count * model.roi_size ** 2 * shape[0] * shape[1]
         for kind in passes:
             seconds = {}
             for method in METHODS:
+                if method == "dense" and dense_bytes > DENSE_LIMIT_BYTES:
+                    seconds[method] = None
+                    continue
                 if kind == "fwd":
                     fn = jax.jit(lambda f, r, m=method: pool_rois(model, f, r, m))
                 else:
@@ -440,8 +449,9 @@ def roi_align_section(label: str, model: FasterRCNN, images: int, canvas: tuple[
             rows.append({"section": "roi_align", "shape": label, "use": use, "pass": kind, "images": images,
                          "rois_per_image": count, "feature_shape": "x".join(map(str, shape)),
                          "output": f"{model.roi_size}x{model.roi_size}",
-                         **{f"{method}_ms": 1e3 * seconds[method] for method in METHODS},
-                         **{f"{method}_vs_gather": seconds[method] / seconds["gather"]
+                         **{f"{method}_ms": 1e3 * seconds[method] if seconds[method] else None
+                            for method in METHODS},
+                         **{f"{method}_vs_gather": seconds[method] / seconds["gather"] if seconds[method] else None
                             for method in METHODS if method != "gather"}})
     return rows
 

@@ -27,6 +27,13 @@ Forms:
     einsum form's second contraction is a batch of one small matmul per RoI, which XLA:CPU runs slowly. Its
     gradient is the einsum form's (a custom VJP): inside the detector's train step XLA:CPU ran the transposed
     fused sum that autodiff derives slower than those matmuls. `benchmarks/detector.py` times the three forms.
+  "dense": per RoI, the full (out_h * out_w, H * W) matrix of bin weights, Wy[n] (x) Wx[n] (the einsum form's two
+    factors, multiplied out), and every RoI of the image in one matmul against the (H * W, C) features; the
+    gradient is the transposed matmul. It does more multiply-adds than the separable forms (N * out_h * out_w *
+    H * W * C) but as one large matrix product each way, which CPUs run fastest while the map is small (the demo
+    detector's 11x11; `benchmarks/detector.py` times the forms). The matrix has N * out_h * out_w * H * W entries
+    (0.8 M for the demo's 32 RoIs at 7x7 on 11x11), so for large maps (300 RoIs at 14x14 on 38x38: 85 M) use
+    "einsum" or "fused".
 All give the same values to float32 rounding and the same gradients, with respect to the features and the boxes
 (they share the sample coordinates and weights; callers stop gradients to the boxes, as torchvision has none).
 """
@@ -38,7 +45,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-METHODS = ("gather", "einsum", "fused")
+METHODS = ("gather", "einsum", "fused", "dense")
 
 
 def _axis_samples(start: jax.Array, end: jax.Array, length: int, bins: int, sampling_ratio: int
@@ -124,7 +131,7 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: tuple[int, int
       output_size: (out_h, out_w) bins per RoI (static; a tuple, or an int for square).
       spatial_scale: feature cells per input pixel (1 / the feature stride, e.g. 1/16).
       sampling_ratio: S, samples per bin along each axis (static, >= 1).
-      method: "gather", "einsum" or "fused" (static); see the module docstring. Equal results.
+      method: "gather", "einsum", "fused" or "dense" (static); see the module docstring. Equal results.
       precision: (static) matmul precision of the einsum and fused forms; the default keeps float32 accuracy on
         GPUs (no TF32) and TPUs (no single-pass bfloat16); "default" is faster there.
 
@@ -151,6 +158,11 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: tuple[int, int
     weights_y = _weights(ys, height, out_h, sampling_ratio)  # (N, out_h, H)
     weights_x = _weights(xs, width, out_w, sampling_ratio)  # (N, out_w, W)
     contract = functools.partial(jnp.einsum, precision=precision)
+    if method == "dense":
+        bins = (weights_y[:, :, None, :, None] * weights_x[:, None, :, None, :]).reshape(count * out_h * out_w,
+                                                                                            height * width)
+        pooled = jnp.dot(bins, features.reshape(height * width, features.shape[-1]), precision=precision)
+        return pooled.reshape(count, out_h, out_w, features.shape[-1])
     y_first_flops = out_h * height * width + out_h * out_w * width  # per RoI and channel
     x_first_flops = out_w * height * width + out_h * out_w * height
     if y_first_flops <= x_first_flops:
