@@ -96,7 +96,7 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
       `eval.voting_radius` is gone (voting uses `loss.radius`, the same R);
     - `task` (the detector came with it) is "keypoints", `data.val.detector_workdir` and
       `data.synthetic.root` are empty;
-    - fields added since (`model.bn_epsilon`, `train.schedule`, `loss.unlabelled`, the decoder,
+    - fields added since (`model.bn_epsilon`, `model.frozen_stages`, `train.schedule`, `loss.unlabelled`, the decoder,
       `data.augment.shift_jitter`, `eval.draw_min_score`; the detector's `data.augment.zoom` and
       `inference.nms_method`, `soft_nms_sigma`, `vote_iou`) get the value that older versions used implicitly.
     """
@@ -110,6 +110,7 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     if "compute_dtype" in model:
         model["dtype"] = model.pop("compute_dtype")
     model.setdefault("bn_epsilon", 1.001e-5)
+    model.setdefault("frozen_stages", 0)
     loss.setdefault("unlabelled", "negative")
     train.setdefault("schedule", "step")
     evaluation.setdefault("draw_min_score", 0.0)
