@@ -122,7 +122,7 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
     ys, xs = pixel_grid(*size, map_stride)
     keypoints = keypoints.astype(jnp.float32)
     # As `_disk_and_displacement`, with x and y apart: at crop resolution, arrays with a trailing (x, y) axis of 2
-    # made this loss several times slower on CPUs (`benchmarks/train_step.py`, "head and loss").
+    # made this loss over twice as slow on CPUs (`benchmarks/train_step.py`, `head_and_loss`).
     dx = keypoints[:, None, None, :, 0] - xs[None, :, :, None]
     dy = keypoints[:, None, None, :, 1] - ys[None, :, :, None]
     labelled = keypoints[:, None, None, :, 2] > 0

@@ -42,9 +42,9 @@ def upsample_outputs(heatmap_logits: jax.Array, offsets: jax.Array, input_size: 
     `map_stride`-th input pixel (`upsample_to_map_stride`).
 
     The values are those of upsampling the head's 3K maps and then splitting them, but the split and the (x, y)
-    interleave happen on the small grid: at crop resolution a split or stack is a strided copy, and with the
-    loss that reads it, it cost the demo's train step more than its whole heatmap and offset loss
-    (`benchmarks/train_step.py`, "head and loss").
+    interleave happen on the small grid: at crop resolution a split or stack is a strided copy each way, which
+    cost the demo's train step about as much as the heatmap and offset loss themselves
+    (`benchmarks/train_step.py`, `head_and_loss`).
     """
     batch, height, width, k, _ = offsets.shape
     up = lambda maps: upsample_to_map_stride(maps, input_size, output_stride, map_stride)  # noqa: E731
