@@ -36,16 +36,17 @@ def pixel_grid(height: int, width: int, stride: int = 1) -> tuple[jax.Array, jax
 
 
 def _disk_and_displacement(keypoints: jax.Array, size: tuple[int, int], radius: float, stride: int = 1
-                           ) -> tuple[jax.Array, jax.Array]:
-    """Disk mask (B, H, W, K) and displacement l_k - x_i (B, H, W, K, 2) as (x, y) on a stride-`stride` grid."""
+                           ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Disk mask (B, H, W, K), displacement l_k - x_i along x and along y (B, H, W, K each) and the labelled mask
+    (B, 1, 1, K) on a stride-`stride` grid. x and y stay apart: at crop resolution, arrays with a trailing (x, y)
+    axis of 2 made the loss over twice as slow on CPUs (`benchmarks/train_step.py`, `head_and_loss`)."""
     ys, xs = pixel_grid(*size, stride)
     keypoints = keypoints.astype(jnp.float32)
-    kx = keypoints[:, None, None, :, 0]
-    ky = keypoints[:, None, None, :, 1]
-    dx, dy = jnp.broadcast_arrays(kx - xs[None, :, :, None], ky - ys[None, :, :, None])
+    dx = keypoints[:, None, None, :, 0] - xs[None, :, :, None]
+    dy = keypoints[:, None, None, :, 1] - ys[None, :, :, None]
     labelled = keypoints[:, None, None, :, 2] > 0
     disk = labelled & (dx * dx + dy * dy <= radius * radius)
-    return disk, jnp.stack([dx, dy], axis=-1)
+    return disk, dx, dy, labelled
 
 
 def make_targets(keypoints: jax.Array, size: tuple[int, int], radius: float) -> dict[str, jax.Array]:
@@ -60,7 +61,8 @@ def make_targets(keypoints: jax.Array, size: tuple[int, int], radius: float) -> 
       `heatmaps` (B, H, W, K) float32 in {0, 1}; `offsets` (B, H, W, K, 2) float32 = l_k - x_i as (x, y) inside
       the disk and 0 outside; `offset_mask` (B, H, W, K) bool, the disk.
     """
-    disk, displacement = _disk_and_displacement(keypoints, size, radius)
+    disk, dx, dy, _ = _disk_and_displacement(keypoints, size, radius)
+    displacement = jnp.stack(jnp.broadcast_arrays(dx, dy), axis=-1)
     return {
         "heatmaps": disk.astype(jnp.float32),
         "offsets": jnp.where(disk[..., None], displacement, 0.0),
@@ -119,14 +121,7 @@ def keypoint_loss(heatmap_logits: jax.Array, offsets: jax.Array, keypoints: jax.
         raise ValueError(f"unlabelled must be one of {UNLABELLED_CHOICES}, got {unlabelled!r}")
     size = heatmap_logits.shape[1:3]
     scale = float(radius if offset_scale is None else offset_scale)
-    ys, xs = pixel_grid(*size, map_stride)
-    keypoints = keypoints.astype(jnp.float32)
-    # As `_disk_and_displacement`, with x and y apart: at crop resolution, arrays with a trailing (x, y) axis of 2
-    # made this loss over twice as slow on CPUs (`benchmarks/train_step.py`, `head_and_loss`).
-    dx = keypoints[:, None, None, :, 0] - xs[None, :, :, None]
-    dy = keypoints[:, None, None, :, 1] - ys[None, :, :, None]
-    labelled = keypoints[:, None, None, :, 2] > 0
-    disk = labelled & (dx * dx + dy * dy <= radius * radius)
+    disk, dx, dy, labelled = _disk_and_displacement(keypoints, size, radius, map_stride)
     logits = heatmap_logits.astype(jnp.float32)
     # Sigmoid cross-entropy with 0/1 targets, softplus(z) - t * z: two transcendentals per pixel, not optax's four.
     cross_entropy = jax.nn.softplus(logits) - jnp.where(disk, logits, 0.0)
