@@ -58,6 +58,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and TFDS log every step at INFO
+    from hvpose.allocator import reuse_freed_memory
+    from hvpose.errors import ConfigError
+
+    try:
+        reuse_freed_memory()  # before JAX starts its threads: CPU steps reuse pages instead of faulting in new ones
+    except ConfigError as error:
+        print(f"hvpose: error: {error}", file=sys.stderr)
+        sys.exit(2)
     import jax
 
     if _multi_process():

@@ -220,9 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="people scoring below are left out of the picture, not of the printed results "
                         "(default: the checkpoint's config.eval.draw_min_score; 0.1 for PoseNet)")
     args = parser.parse_args(argv)
+    from hvpose.allocator import reuse_freed_memory
     from hvpose.errors import USER_ERRORS
 
     try:
+        reuse_freed_memory()  # before JAX runs: CPU inference reuses pages instead of faulting in new ones
         predictor = load_predictor(args.weights, args.detector)
         boxes = None
         if args.boxes:

@@ -120,9 +120,11 @@ def _query(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from hvpose.allocator import reuse_freed_memory
     from hvpose.errors import USER_ERRORS
 
     try:
+        reuse_freed_memory()  # before JAX runs: CPU inference reuses pages instead of faulting in new ones
         return _index(args) if args.command == "index" else _query(args)
     except (OSError, ValueError, ImportError, *USER_ERRORS) as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
