@@ -34,6 +34,7 @@ from hvpose.ops import boxes as box_ops
 from hvpose.ops.anchors import grid_anchors
 from hvpose.ops.matching import balanced_sample, match
 from hvpose.ops.nms import nms, soft_nms, vote
+from hvpose.ops.pooling import max_pool
 from hvpose.ops.roi_align import METHODS as ROI_ALIGN_METHODS
 from hvpose.ops.roi_align import roi_align
 
@@ -253,7 +254,7 @@ class FasterRCNN(nn.Module):
         num_rois = pooled.shape[1]
         pooled = pooled.reshape(batch * num_rois, *pooled.shape[2:]).astype(dtype)
         if self.head == "block4":
-            x = nn.max_pool(pooled, (2, 2), strides=(2, 2))
+            x = max_pool(pooled, (2, 2), (2, 2))
             x = stage_units(x, 3, self.depth, 1, 1, 1, self.stride_on, self.conv_bias, norm, self.base_width, dtype)
             x = x.astype(jnp.float32).mean(axis=(1, 2))
         else:

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hvpose.ops.pooling import max_pool
+
 # Bottleneck blocks per stage (conv2_x .. conv5_x) for each depth.
 BOTTLENECK_STAGES: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
@@ -232,7 +234,7 @@ class ResNet(nn.Module):
         x = gradient_stop(nn.relu(norm_of(0)("stem_bn")(x)), 0)
         features = {"stem": x}
         # Max-pool padding with -inf equals Keras's zero padding here because the input is post-ReLU (>= 0).
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+        x = max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))  # nn.max_pool's values, a cheaper gradient
 
         previous_dilation = 1
         plan = stage_strides_and_dilations(self.output_stride)
