@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import hvpose
+from hvpose.allocator import reuse_freed_memory
 from hvpose.data.images import decode_image
 from hvpose.inference import as_boxes, model_for_decoder, network_fn
 from hvpose.keypoints import COCO17
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="JSON results file (default: benchmarks/results/inference-<machine>.json)")
     args = parser.parse_args()
+    malloc_reused = reuse_freed_memory()  # before JAX runs, as python -m hvpose.main does
     machine = machine_info()
     out = args.out or pathlib.Path(__file__).parent / "results" / f"inference-{machine['name']}.json"
     rng = np.random.default_rng(0)
@@ -126,7 +128,7 @@ def main() -> None:
         ratio = f"{row['time_vs_baseline']:7.2f}x" if row["time_vs_baseline"] else "       -"
         print(f"{row['what']:16} {row['network']:26} {row['decoder']:38} {str(row['flip_test']):5} "
               f"{row['seconds']:8.3f} {row['crops_per_second']:8.1f} {ratio}")
-    write_results(out, "inference", vars(args), machine, rows)
+    write_results(out, "inference", vars(args) | {"malloc_reused": malloc_reused}, machine, rows)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ devices):
     it (`models.keypoint_net.upsample_outputs`, `targets.keypoint_loss`) against the previous formulation (the
     baseline, same run: the 3K maps upsampled and then split, with the (x, y) pairs stacked at loss resolution,
     and optax's sigmoid cross-entropy), at the config's crop, strides, loss settings and batch; equal losses.
+  * `max_pool`: the whole train step of the config and of `configs/detector_demo.py` with the ResNet stem's max-pool
+    as `flax.linen.max_pool` (the baseline, same run: XLA differentiates its reduce-window through a variadic
+    reduce-window with index arrays and a scatter) and as `hvpose.ops.pooling.max_pool` (strided slices, selects
+    backward), interleaved (median of at least 10 paired ratios); one step from the same state gives the same loss
+    and gradient norm (`same_first_step`).
   * `scaling`: for each batch size and compute dtype, the whole step beside the bare backbone's step (the same
     ResNet, forward + backward of a stand-in loss on block4, and the same optimizer's update of the backbone's
     parameters) on the same crops. `outside_backbone` = 1 - backbone time / step time: the heads, the upsampling
@@ -51,6 +56,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from hvpose import sharding
+from hvpose.allocator import reuse_freed_memory
 from hvpose.data.crops import check_crop_size
 from hvpose.models.keypoint_net import DTYPES, KeypointNet, split_head, upsample_outputs
 from hvpose.models.preprocess import preprocess
@@ -247,6 +253,70 @@ def head_and_loss_rows(config_path: pathlib.Path, batch: int, repeats: int) -> l
             for name in forms]
 
 
+def max_pool_rows(config_paths: list[pathlib.Path], batch: int, repeats: int) -> list[dict[str, Any]]:
+    """Section `max_pool`: each config's whole train step with the ResNet stem's 3x3/2 max-pool as
+    `flax.linen.max_pool` (the baseline: a reduce-window, differentiated through a variadic reduce-window with index
+    arrays) and as `hvpose.ops.pooling.max_pool` (strided slices; selects backward), interleaved; one step from the
+    same state gives the same loss and gradient norm."""
+    import functools
+
+    import detector as detector_benchmark
+    import flax.linen as nn
+
+    from hvpose.detector import build_model, detector_objective
+    from hvpose.models import resnet
+    from hvpose.ops import pooling
+
+    rows = []
+    for path in config_paths:
+        config = load_config(path)
+        config.train.batch_size = batch
+        mesh = sharding.make_mesh()
+        if config.get("task", "keypoints") == "detection":
+            canvas = tuple(config.data.canvas_size)
+            batch_np = detector_benchmark.random_batch(np.random.default_rng(0), batch, canvas, config.data.max_boxes)
+            optimizer = make_optimizer(config.train)
+            objective = functools.partial(detector_objective, loss_settings=config.loss.to_dict(), seed=0)
+            model = build_model(config)
+            with jax.set_mesh(mesh):
+                inputs = jax.device_put(batch_np, sharding.batch_sharded(mesh))
+                state = jax.device_put(init_state(model, optimizer, canvas, 0), sharding.replicated(mesh))
+        else:
+            setup = make_setup(config, batch)
+            model, optimizer, objective = setup["model"], setup["optimizer"], config.loss.to_dict()
+            state, inputs = setup["state"], setup["batch"]
+        forms = {}
+        try:
+            for name, pool in (("flax.linen.max_pool (baseline)", nn.max_pool),
+                               ("hvpose.ops.pooling.max_pool", pooling.max_pool)):
+                resnet.max_pool = pool  # read when the step is traced
+                with jax.set_mesh(mesh):
+                    step = jit_train_step(model, optimizer, learning_rate_schedule(config.train), objective, mesh,
+                                          state).lower(state, inputs).compile()
+                    carry, metrics = step(jax.tree.map(jnp.copy, state), inputs)
+                    forms[name] = {"step": step, "state": carry, "times": [],
+                                   "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"])}
+        finally:
+            resnet.max_pool = pooling.max_pool
+        with jax.set_mesh(mesh):
+            for _ in range(max(repeats, 10)):  # interleaved, so drift hits both alike
+                for form in forms.values():
+                    start = time.perf_counter()
+                    form["state"], metrics = form["step"](form["state"], inputs)
+                    jax.block_until_ready(metrics)
+                    form["times"].append(time.perf_counter() - start)
+        base = forms["flax.linen.max_pool (baseline)"]
+        for name, form in forms.items():
+            ratios = np.array(form["times"]) / np.array(base["times"])
+            rows.append({"section": "max_pool", "config": path.name, "form": name, "batch": batch,
+                         "seconds": float(np.median(form["times"])), "time_vs_baseline": float(np.median(ratios)),
+                         "loss": form["loss"], "grad_norm": form["grad_norm"],
+                         "same_first_step": bool(np.isclose(form["loss"], base["loss"], rtol=1e-6)
+                                                 and np.isclose(form["grad_norm"], base["grad_norm"], rtol=1e-4))})
+        print(f"  max_pool {path.name}: {rows[-1]['time_vs_baseline']:.3f}x", file=sys.stderr, flush=True)
+    return rows
+
+
 def peer_rows(batches: list[int], dtypes: list[str], repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The PyTorch peer's rows (`train_step_torch.py` in a subprocess) and what it ran on."""
     command = [sys.executable, str(pathlib.Path(__file__).parent / "train_step_torch.py"),
@@ -315,6 +385,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="JSON results file (default: benchmarks/results/train_step-<machine>.json)")
     args = parser.parse_args()
+    malloc_reused = reuse_freed_memory()  # before JAX runs, as python -m hvpose.main does
     dtypes = [d for d in args.dtypes.split(",") if d]
     peer, peer_report = [], None
     if args.peer:
@@ -330,6 +401,7 @@ def main() -> None:
     rows += init_rows([args.config, REPO / "configs" / "detector_demo.py"])
     rows += loss_grid_rows(args.config, args.batches[0], args.repeats)
     rows += head_and_loss_rows(args.config, args.batches[0], args.repeats)
+    rows += max_pool_rows([args.config, REPO / "configs" / "detector_demo.py"], args.batches[0], args.repeats)
     rows += scaling_rows(args.config, args.batches, dtypes, args.repeats, peaks)
     if args.paper:
         rows += scaling_rows(REPO / "configs" / "coco.py", args.paper_batches, dtypes, max(2, args.repeats // 2),
@@ -357,6 +429,10 @@ def main() -> None:
     for row in (r for r in rows if r["section"] == "head_and_loss"):
         print(f"{row['form']:30} {row['loss_grid']:>9} {row['batch']:5d} {row['seconds'] * 1e3:8.2f} "
               f"{row['time_vs_baseline']:7.2f}x {str(row['same_loss']):>9}")
+    print(f"\n{'stem max-pool, whole step':32} {'config':18} {'batch':>5} {'ms':>8} {'vs base':>8} {'same step':>9}")
+    for row in (r for r in rows if r["section"] == "max_pool"):
+        print(f"{row['form']:32} {row['config']:18} {row['batch']:5d} {row['seconds'] * 1e3:8.1f} "
+              f"{row['time_vs_baseline']:7.2f}x {str(row['same_first_step']):>9}")
     print(f"\n{'config':10} {'dtype':9} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'GFLOP/crop':>10} {'TFLOP/s':>8} "
           f"{'MFU':>6} {'backbone s':>10} {'outside bb':>10} {'(FLOPs)':>8}")
     for row in (r for r in rows if r["section"] == "scaling"):
@@ -371,7 +447,7 @@ def main() -> None:
         print(f"PyTorch peer {row['dtype']} batch {row['batch']}: {row['seconds']:.3f} s "
               f"({row['crops_per_second']:.2f} crops/s); hvpose takes {ratio:.2f}x its time" if ratio else "")
     print(f"({time.perf_counter() - started:.0f} s)")
-    write_results(out, "train_step", vars(args), machine, rows)
+    write_results(out, "train_step", vars(args) | {"malloc_reused": malloc_reused}, machine, rows)
 
 
 if __name__ == "__main__":
