@@ -35,18 +35,18 @@ def test_gradient_equals_flax_max_pool_without_ties(shape, window, strides, padd
     assert np.count_nonzero(ours) == np.count_nonzero(expected)
 
 
-def test_after_a_relu_the_ties_between_zeros_change_no_gradient():
-    # Post-ReLU inputs, as in the ResNet stem: about half the values are exactly 0 and tie within windows.
+@pytest.mark.parametrize("values", ["constant", "rounded", "relu"])
+def test_gradient_equals_flax_max_pool_with_ties(values):
+    # Ties everywhere (a constant crop border), at a few values, or between the zeros after a ReLU: the gradient goes
+    # to the first maximum of each window in row-major order, as reduce-window max's does; never split.
     x = jax.random.normal(jax.random.key(3), (2, 33, 25, 8))
+    x = {"constant": jnp.ones_like(x), "rounded": jnp.round(2 * x) / 2, "relu": nn.relu(x)}[values]
     cotangent = jax.random.normal(jax.random.key(4), (2, 17, 13, 8))
     padding = ((1, 1), (1, 1))
-
-    def loss(pool, v):
-        return jnp.sum(pool(nn.relu(v)) * cotangent)
-
-    expected = jax.grad(lambda v: loss(lambda y: nn.max_pool(y, (3, 3), strides=(2, 2), padding=padding), v))(x)
-    ours = jax.grad(lambda v: loss(lambda y: max_pool(y, (3, 3), (2, 2), padding), v))(x)
+    expected = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (3, 3), strides=(2, 2), padding=padding) * cotangent))(x)
+    ours = jax.grad(lambda v: jnp.sum(max_pool(v, (3, 3), (2, 2), padding) * cotangent))(x)
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ours != 0, expected != 0)  # the same inputs receive gradient
 
 
 def test_jit_and_errors():
