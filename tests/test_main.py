@@ -1,6 +1,7 @@
 """The command line: bad config keys and bad data end in one clear line; eval without a checkpoint too."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,9 @@ import pytest
 from conftest import REPO
 
 
-def run_main(*args, timeout=300, cwd=REPO):
+def run_main(*args, timeout=300, cwd=REPO, env=None):
     return subprocess.run([sys.executable, "-m", "hvpose.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_unknown_config_key_is_rejected_in_one_line(tmp_path):
@@ -19,6 +20,16 @@ def test_unknown_config_key_is_rejected_in_one_line(tmp_path):
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if "stepz" in line]
     assert error_lines and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_an_unknown_malloc_choice_is_one_line_before_anything_runs(tmp_path):
+    # hvpose.main applies hvpose.allocator first thing (before JAX), so a bad HVPOSE_MALLOC stops it at once.
+    result = run_main("--config=configs/demo.py", f"--workdir={tmp_path}",
+                      env={**os.environ, "HVPOSE_MALLOC": "jemalloc"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == ("hvpose: error: HVPOSE_MALLOC='jemalloc': expected one of "
+                                                       "auto, reuse, system")
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_variant_is_rejected(tmp_path):
