@@ -37,41 +37,18 @@ CONFIGS = {"keypoints": REPO / "configs" / "demo.py", "detector": REPO / "config
 
 def build_step(workload: str) -> tuple[Any, Any, Any]:
     """(jitted step, state, batch) of the workload's config at its training batch size, on a random batch."""
-    import functools
-
     import jax
 
     sys.path.insert(0, str(HERE))
-    from hvpose import sharding
-    from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
+    import train_step
 
-    if workload == "keypoints":
-        import train_step
+    from hvpose.train import jit_train_step, learning_rate_schedule
 
-        config = train_step.load_config(CONFIGS[workload])
-        setup = train_step.make_setup(config, config.train.batch_size)
-        mesh = setup["mesh"]
-        with jax.set_mesh(mesh):
-            step = jit_train_step(setup["model"], setup["optimizer"], learning_rate_schedule(config.train),
-                                  config.loss.to_dict(), mesh, setup["state"])
-        return step, setup["state"], setup["batch"]
-    import detector as detector_benchmark
-
-    from hvpose.detector import build_model, detector_objective
-
-    config = detector_benchmark.load_config(CONFIGS[workload])
-    canvas = tuple(config.data.canvas_size)
-    batch_np = detector_benchmark.random_batch(np.random.default_rng(0), config.train.batch_size, canvas,
-                                               config.data.max_boxes)
-    optimizer = make_optimizer(config.train)
-    objective = functools.partial(detector_objective, loss_settings=config.loss.to_dict(), seed=0)
-    model = build_model(config)
-    mesh = sharding.make_mesh()
+    config = train_step.load_config(CONFIGS[workload])
+    model, optimizer, objective, mesh, state, inputs = train_step.task_setup(config, config.train.batch_size)
     with jax.set_mesh(mesh):
-        batch = jax.device_put(batch_np, sharding.batch_sharded(mesh))
-        state = jax.device_put(init_state(model, optimizer, canvas, 0), sharding.replicated(mesh))
         step = jit_train_step(model, optimizer, learning_rate_schedule(config.train), objective, mesh, state)
-    return step, state, batch
+    return step, state, inputs
 
 
 def child(workload: str, warmup: int, steps: int) -> dict[str, Any]:

@@ -253,17 +253,38 @@ def head_and_loss_rows(config_path: pathlib.Path, batch: int, repeats: int) -> l
             for name in forms]
 
 
+def task_setup(config: Any, batch: int) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """(model, optimizer, objective, mesh, state, inputs) of a keypoint or detector config's train step, on a fixed
+    random batch already on the devices: `make_setup` for keypoints, `detector.random_batch` for the detector."""
+    if config.get("task", "keypoints") != "detection":
+        setup = make_setup(config, batch)
+        return (setup["model"], setup["optimizer"], config.loss.to_dict(), setup["mesh"], setup["state"],
+                setup["batch"])
+    import functools
+
+    import detector as detector_benchmark
+
+    from hvpose.detector import build_model, detector_objective
+
+    canvas = tuple(config.data.canvas_size)
+    batch_np = detector_benchmark.random_batch(np.random.default_rng(0), batch, canvas, config.data.max_boxes)
+    optimizer = make_optimizer(config.train)
+    objective = functools.partial(detector_objective, loss_settings=config.loss.to_dict(), seed=0)
+    model = build_model(config)
+    mesh = sharding.make_mesh()
+    with jax.set_mesh(mesh):
+        inputs = jax.device_put(batch_np, sharding.batch_sharded(mesh))
+        state = jax.device_put(init_state(model, optimizer, canvas, 0), sharding.replicated(mesh))
+    return model, optimizer, objective, mesh, state, inputs
+
+
 def max_pool_rows(config_paths: list[pathlib.Path], batch: int, repeats: int) -> list[dict[str, Any]]:
     """Section `max_pool`: each config's whole train step with the ResNet stem's 3x3/2 max-pool as
     `flax.linen.max_pool` (the baseline: a reduce-window, differentiated through a variadic reduce-window with index
     arrays) and as `hvpose.ops.pooling.max_pool` (strided slices; selects backward), interleaved; one step from the
     same state gives the same loss and gradient norm."""
-    import functools
-
-    import detector as detector_benchmark
     import flax.linen as nn
 
-    from hvpose.detector import build_model, detector_objective
     from hvpose.models import resnet
     from hvpose.ops import pooling
 
@@ -271,20 +292,7 @@ def max_pool_rows(config_paths: list[pathlib.Path], batch: int, repeats: int) ->
     for path in config_paths:
         config = load_config(path)
         config.train.batch_size = batch
-        mesh = sharding.make_mesh()
-        if config.get("task", "keypoints") == "detection":
-            canvas = tuple(config.data.canvas_size)
-            batch_np = detector_benchmark.random_batch(np.random.default_rng(0), batch, canvas, config.data.max_boxes)
-            optimizer = make_optimizer(config.train)
-            objective = functools.partial(detector_objective, loss_settings=config.loss.to_dict(), seed=0)
-            model = build_model(config)
-            with jax.set_mesh(mesh):
-                inputs = jax.device_put(batch_np, sharding.batch_sharded(mesh))
-                state = jax.device_put(init_state(model, optimizer, canvas, 0), sharding.replicated(mesh))
-        else:
-            setup = make_setup(config, batch)
-            model, optimizer, objective = setup["model"], setup["optimizer"], config.loss.to_dict()
-            state, inputs = setup["state"], setup["batch"]
+        model, optimizer, objective, mesh, state, inputs = task_setup(config, batch)
         forms = {}
         try:
             for name, pool in (("flax.linen.max_pool (baseline)", nn.max_pool),

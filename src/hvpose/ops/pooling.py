@@ -35,8 +35,8 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
 
 
 def _slices(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
-            ) -> tuple[list[jax.Array], tuple[int, ...]]:
-    """The window's strided slices of the -inf-padded input, in row-major window order, and the padded shape."""
+            ) -> list[jax.Array]:
+    """The window's strided slices of the -inf-padded input, in row-major window order."""
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
     batch, height, width, channels = padded.shape
     out_h, out_w = (height - window[0]) // strides[0] + 1, (width - window[1]) // strides[1] + 1
@@ -44,13 +44,13 @@ def _slices(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pad
                             (batch, i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, channels),
                             (1, strides[0], strides[1], 1))
               for i in range(window[0]) for j in range(window[1])]
-    return slices, padded.shape
+    return slices
 
 
 def _forward(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
              ) -> tuple[jax.Array, jax.Array]:
     """The pooled maxima and, per output, the window position (row-major) of the first maximum."""
-    slices, _ = _slices(x, window, strides, padding)
+    slices = _slices(x, window, strides, padding)
     result, first = slices[0], jnp.zeros(slices[0].shape, jnp.int8 if len(slices) < 128 else jnp.int32)
     for position, shifted in enumerate(slices[1:], start=1):
         first = jnp.where(shifted > result, jnp.asarray(position, first.dtype), first)
