@@ -5,8 +5,11 @@ JAX differentiates `lax.reduce_window` max through a variadic reduce-window that
 iotas the size of the padded input) and a scatter; on CPUs that costs more than the pooling itself, every train
 step. Here the forward pass is the window's strided slices of the padded input, their running maximum and the
 position of the first maximum in each window (row-major); the backward pass (a custom VJP) sends each output's
-gradient to that one input, as reduce-window max's gradient does, through selects and pads that XLA fuses. The
-values are identical. So are the gradients where a window's maximum is unique; at exact ties the first position
+gradient to that one input, as reduce-window max's gradient does, through selects and pads that XLA fuses. Those
+positions are kept as the forward pass computed them (an optimization barrier): otherwise XLA fuses their
+computation into the backward pass's loop over input pixels, which then recomputes every window slice for each of
+the window's positions (benchmarks/train_step.py, section max_pool, measures the step). The values are
+identical. So are the gradients where a window's maximum is unique; at exact ties the first position
 takes it all (`jnp.maximum`'s own derivative would split it, which makes training depend on which values round to a
 tie: crops padded with a constant colour tie whole regions).
 """
@@ -66,7 +69,9 @@ def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
 
 def _max_pool_forward(x, window, strides, padding):
     result, first = _forward(x, window, strides, padding)
-    return result, (first, x.shape)
+    # Kept as computed: without the barrier XLA fuses the positions' computation into the backward pass's loop
+    # over input pixels, which then recomputes all window slices for each of the window's positions.
+    return result, (jax.lax.optimization_barrier(first), x.shape)
 
 
 def _max_pool_backward(window, strides, padding, residuals, gradient):
