@@ -12,6 +12,10 @@ Rows (best of `--repeats` after a warm-up; compilation excluded), on 353x257 cro
     the host included), then the same call by stage: boxes (PoseNet's own multi-person decoding of the whole photo,
     the predictor's box source, in the `predictor-detect` row), crops (decode and warp on the host), network +
     decoding + back to the image + instance scores (`people_in_batch`), OKS-NMS; people per second end to end.
+  * flip_test: Hough decoding with the flip test as `hvpose.inference.network_fn` runs it (both passes on the
+    feature grid, offsets averaged there: `network_maps`) against the previous formulation (each pass upsampled
+    to every crop pixel, then mapped back and averaged: the baseline), interleaved, for the two networks above and
+    the demo's keypoint network at its evaluation batch and crop; `max_difference` compares their keypoints.
 Ratios are to the baseline row of the same network, since this machine's absolute speed is noisy.
 """
 
@@ -23,6 +27,7 @@ import json
 import os
 import pathlib
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +36,16 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import hvpose
 from hvpose.allocator import reuse_freed_memory
+from hvpose.configs import demo
 from hvpose.data.images import decode_image
 from hvpose.inference import as_boxes, model_for_decoder, network_fn
 from hvpose.keypoints import COCO17
 from hvpose.models.initialize import initial_variables
 from hvpose.models.keypoint_net import KeypointNet
+from hvpose.ops.flip import flip_back
+from hvpose.ops.voting import decode_hough
 from hvpose.pretrained import load_posenet_tfjs
-from machine import best_time, machine_info, write_results
+from machine import best_time, machine_info, run_times, write_results
 
 SHARED = pathlib.Path(os.environ.get("HVPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared"
                                      / "data"))
@@ -71,6 +79,48 @@ def predictor_stage_rows(predictor: hvpose.Predictor, photo: pathlib.Path, boxes
     rows.append({"what": "predictor-detect", "network": "posenet-mobilenet075-os16", "decoder": "boxes from PoseNet",
                  "flip_test": True, "seconds": seconds, "crops_per_second": len(found) / seconds,
                  "time_vs_baseline": None, "boxes": len(found)})
+    return rows
+
+
+def previous_flip_test(model: Any, permutation: np.ndarray, radius: float) -> Any:
+    """The flip test as `hvpose.inference` ran it before `network_maps` (the baseline of the `flip_test` rows):
+    each pass's whole output upsampled to every crop pixel, its heatmaps through the sigmoid, the mirrored pass
+    mapped back there, the two averaged, then Hough voting."""
+    model = model.clone(map_stride=1)
+
+    def infer(variables: Any, crops: jax.Array) -> jax.Array:
+        outputs = model.apply(variables, crops, train=False)
+        flipped = model.apply(variables, crops[:, :, ::-1], train=False)
+        heatmaps_f, offsets_f = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"],
+                                          jnp.asarray(permutation))
+        return decode_hough((jax.nn.sigmoid(outputs["heatmap_logits"]) + heatmaps_f) / 2,
+                            (outputs["offsets"] + offsets_f) / 2, radius)
+
+    return infer
+
+
+def flip_test_rows(networks: dict[str, tuple[Any, Any, jax.Array, float]], rounds: int) -> list[dict]:
+    """Section `flip_test`: Hough decoding with the flip test as `network_fn` runs it (`network_maps`: both passes
+    on the feature grid, offsets averaged there, a third fewer maps upsampled) against `previous_flip_test`, the
+    two interleaved (`rounds` paired ratios, median); `max_difference` is the largest difference of their
+    keypoints (x, y in crop pixels, probability)."""
+    rows = []
+    permutation = COCO17.flip_permutation()
+    for name, (model, variables, crops, radius) in networks.items():
+        forms = {"previous (baseline)": jax.jit(previous_flip_test(model, permutation, radius)),
+                 "feature grid (network_maps)": jax.jit(network_fn(model.clone(map_stride=1), permutation, radius))}
+        outputs = {form: np.asarray(fn(variables, crops)) for form, fn in forms.items()}
+        times: dict[str, list[float]] = {form: [] for form in forms}
+        for _ in range(rounds):  # interleaved, so drift hits both alike
+            for form, fn in forms.items():
+                times[form] += run_times(functools.partial(fn, variables, crops), 1)
+        base = np.array(times["previous (baseline)"])
+        for form in forms:
+            rows.append({"what": "flip_test", "network": name, "decoder": form, "flip_test": True,
+                         "seconds": float(np.median(times[form])), "crops_per_second": len(crops) /
+                         float(np.median(times[form])), "time_vs_baseline": float(np.median(np.array(times[form]) /
+                                                                                             base)),
+                         "max_difference": float(np.abs(outputs[form] - outputs["previous (baseline)"]).max())})
     return rows
 
 
@@ -109,6 +159,17 @@ def main() -> None:
                          "flip_test": flip, "seconds": seconds, "crops_per_second": args.batch / seconds,
                          "time_vs_baseline": seconds / baseline})
 
+    # The demo's keypoint network (quarter-width ResNet-18, output stride 16) at its evaluation batch and crop.
+    demo_config = demo.get_config()
+    demo_net = KeypointNet(num_keypoints=17, **demo_config.model)
+    demo_crops = jnp.asarray(rng.integers(0, 256, (demo_config.eval.batch_size, demo_config.crop.height,
+                                                   demo_config.crop.width, 3), np.uint8))
+    rows += flip_test_rows({
+        "posenet-mobilenet075-os16": (posenet, posenet_variables, crops, 25.0),
+        f"resnet{args.depth}-os8": (resnet, resnet_variables, crops, 25.0),
+        "demo-resnet18-w16-os16": (demo_net, initial_variables(demo_net, jax.random.key(0), demo_crops[:1]),
+                                   demo_crops, demo_config.loss.radius)}, max(args.repeats, 10))
+
     photo = SHARED / "coco_sample/images/000000196141.jpg"
     annotations = json.loads((SHARED / "coco_sample/test_coco.json").read_text())["annotations"]
     boxes = [a["bbox"] for a in annotations if a["image_id"] == 196141]
@@ -127,7 +188,8 @@ def main() -> None:
     for row in rows:
         ratio = f"{row['time_vs_baseline']:7.2f}x" if row["time_vs_baseline"] else "       -"
         print(f"{row['what']:16} {row['network']:26} {row['decoder']:38} {str(row['flip_test']):5} "
-              f"{row['seconds']:8.3f} {row['crops_per_second']:8.1f} {ratio}")
+              f"{row['seconds']:8.3f} {row['crops_per_second']:8.1f} {ratio}"
+              + (f"  max difference {row['max_difference']:.1e}" if "max_difference" in row else ""))
     write_results(out, "inference", vars(args) | {"malloc_reused": malloc_reused}, machine, rows)
 
 

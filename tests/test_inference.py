@@ -1,5 +1,9 @@
-"""The inference pipeline's pieces: instance scores, box validation, per-image OKS-NMS, box sources."""
+"""The inference pipeline's pieces: instance scores, box validation, per-image OKS-NMS, box sources, and the flip
+test on the feature grid (`network_maps`), which must equal its definition: each pass upsampled to the crop, its
+heatmaps through the sigmoid, mapped back and averaged (a random KeypointNet and PoseNet's real weights)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,8 +12,19 @@ from hvpose.data.pipeline import gt_boxes
 from hvpose.data.tfds_coco import prepare
 from hvpose.errors import ConfigError, DataError
 from hvpose.evaluate import dataset_boxes
-from hvpose.inference import InferenceSettings, PredictedPerson, as_boxes, instance_scores, suppress
+from hvpose.inference import (
+    InferenceSettings,
+    PredictedPerson,
+    as_boxes,
+    instance_scores,
+    network_fn,
+    network_maps,
+    suppress,
+)
 from hvpose.keypoints import COCO17
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.ops.flip import flip_back
+from hvpose.ops.voting import decode_hough
 
 
 def test_instance_scores_average_the_confident_keypoints_times_the_box_score():
@@ -85,3 +100,72 @@ def test_named_box_sources_without_their_weights_are_refused_in_one_line(shared_
         dataset_boxes("detector", prepared, detector_workdir=str(tmp_path))
     with pytest.raises(ConfigError, match="config.init.posenet_tfjs is empty"):
         dataset_boxes("posenet", prepared)
+
+
+def flip_test_by_definition(model, variables, crops, permutation):
+    """Both passes at the model's map stride, sigmoid, the mirrored pass mapped back, the mean of the two."""
+    outputs = model.apply(variables, crops, train=False)
+    flipped = model.apply(variables, crops[:, :, ::-1], train=False)
+    heatmaps_f, offsets_f = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"],
+                                      jnp.asarray(permutation))
+    return (jax.nn.sigmoid(outputs["heatmap_logits"]) + heatmaps_f) / 2, (outputs["offsets"] + offsets_f) / 2
+
+
+def random_network(output_stride, crop, map_stride, seed=0):
+    model = KeypointNet(num_keypoints=17, depth=18, base_width=8, output_stride=output_stride, stride_on="3x3",
+                        preprocess="unit", map_stride=map_stride)
+    crops = jnp.asarray(np.random.default_rng(seed).integers(0, 256, (3, *crop, 3)), jnp.uint8)
+    variables = model.init(jax.random.key(seed), crops[:1], train=False)
+    # Random heads (initialised at zero offsets) and BatchNorm statistics, so no map is nearly constant.
+    rng = np.random.default_rng(seed + 1)
+    params = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(0, 0.1, x.shape), x.dtype), variables["params"])
+    stats = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype), variables["batch_stats"])
+    return model, {"params": params, "batch_stats": stats}, crops
+
+
+@pytest.mark.parametrize("output_stride, crop, map_stride", [(8, (33, 25), 1), (16, (49, 33), 1), (16, (49, 33), 4),
+                                                             (8, (33, 25), 8)])
+def test_flip_test_on_the_grid_equals_its_definition(output_stride, crop, map_stride):
+    model, variables, crops = random_network(output_stride, crop, map_stride)
+    permutation = COCO17.flip_permutation()
+    heatmaps, offsets = jax.jit(lambda v, c: network_maps(model, v, c, permutation))(variables, crops)
+    expected_heatmaps, expected_offsets = flip_test_by_definition(model, variables, crops, permutation)
+    size = tuple((n - 1) // map_stride + 1 for n in crop)
+    assert heatmaps.shape == (3, *size, 17) and offsets.shape == (3, *size, 17, 2)
+    np.testing.assert_allclose(heatmaps, expected_heatmaps, rtol=0, atol=1e-6)
+    scale = float(jnp.abs(expected_offsets).max())
+    assert scale > 0.1  # offsets far from zero: a wrong sign or swap would show
+    np.testing.assert_allclose(offsets, expected_offsets, rtol=0, atol=1e-5 * scale)
+    # The mirrored pass matters: without it the maps differ.
+    alone = jax.nn.sigmoid(model.apply(variables, crops, train=False)["heatmap_logits"])
+    assert float(jnp.abs(alone - heatmaps).max()) > 1e-3
+
+
+def test_without_the_flip_test_the_maps_are_the_network_outputs():
+    model, variables, crops = random_network(8, (33, 25), 1)
+    heatmaps, offsets = network_maps(model, variables, crops)
+    outputs = model.apply(variables, crops, train=False)
+    np.testing.assert_array_equal(heatmaps, jax.nn.sigmoid(outputs["heatmap_logits"]))
+    np.testing.assert_array_equal(offsets, outputs["offsets"])
+
+
+def test_network_fn_decodes_the_flip_tested_maps():
+    model, variables, crops = random_network(8, (33, 25), 1)
+    permutation = COCO17.flip_permutation()
+    keypoints = jax.jit(network_fn(model, permutation, 4.0))(variables, crops)
+    expected = decode_hough(*network_maps(model, variables, crops, permutation), 4.0)
+    np.testing.assert_allclose(keypoints, expected, rtol=0, atol=1e-5)
+
+
+def test_posenet_flip_test_on_the_grid_equals_its_definition(shared_data):
+    from hvpose.pretrained.posenet import load_posenet_tfjs
+
+    model, variables = load_posenet_tfjs(str(shared_data / "posenet/tfjs_mobilenet075_stride16/model-stride16.json"))
+    model = model.clone(map_stride=1)
+    image = np.random.default_rng(3).integers(0, 256, (2, 97, 65, 3))  # 16 * n + 1
+    crops = jnp.asarray(image, jnp.uint8)
+    permutation = COCO17.flip_permutation()
+    heatmaps, offsets = jax.jit(lambda v, c: network_maps(model, v, c, permutation))(variables, crops)
+    expected_heatmaps, expected_offsets = flip_test_by_definition(model, variables, crops, permutation)
+    np.testing.assert_allclose(heatmaps, expected_heatmaps, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(offsets, expected_offsets, rtol=0, atol=1e-5 * float(jnp.abs(expected_offsets).max()))

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from hvpose import sharding
 from hvpose.data.crops import check_crop_size, crop_box
@@ -34,6 +35,7 @@ from hvpose.data.images import decode_image, reduce_image
 from hvpose.keypoints import KeypointSet
 from hvpose.ops.flip import flip_back
 from hvpose.ops.nms import oks_nms
+from hvpose.ops.upsample import upsample_to_map_stride
 from hvpose.ops.voting import decode_argmax_offset, decode_hough
 
 DECODERS = ("hough", "argmax_offset")
@@ -81,6 +83,33 @@ def model_for_decoder(model: Any, decoder: str) -> Any:
     return model.clone(map_stride=model.output_stride) if decoder == "argmax_offset" else model.clone(map_stride=1)
 
 
+def network_maps(model: Any, variables: Any, crops: jax.Array, flip_permutation: ArrayLike | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Heatmap probabilities (B, H', W', K) and offsets (B, H', W', K, 2) in crop pixels of uint8 crops
+    (B, H, W, 3), on every `model.map_stride`-th crop pixel; with `flip_permutation`
+    (`KeypointSet.flip_permutation()`), the flip test: the mean of the crop's and its mirror image's, mapped back.
+
+    The flip test keeps both passes on the feature grid until the end. The grid mirrors onto itself (crop sizes
+    s*n+1), and upsampling commutes with mirroring, swapping keypoints and negating x offsets; it is linear, so the
+    offsets are averaged on the grid. Only the heatmap logits of both passes and one set of offsets are upsampled:
+    a third fewer maps than each pass's whole output. Heatmaps are averaged as probabilities, after the sigmoid of
+    each pass's upsampled logits. The result equals upsampling each pass and averaging, to float32 rounding.
+    """
+    if flip_permutation is None:
+        outputs = model.apply(variables, crops, train=False)
+        return jax.nn.sigmoid(outputs["heatmap_logits"]), outputs["offsets"]
+    grid_model = model.clone(map_stride=model.output_stride)
+    outputs = grid_model.apply(variables, crops, train=False)
+    flipped = grid_model.apply(variables, crops[:, :, ::-1], train=False)
+    logits_f, offsets_f = flip_back(flipped["heatmap_logits"], flipped["offsets"], jnp.asarray(flip_permutation))
+    batch, height, width, k = logits_f.shape
+    offsets = ((outputs["offsets"] + offsets_f) / 2).reshape(batch, height, width, 2 * k)
+    maps = upsample_to_map_stride(jnp.concatenate([outputs["heatmap_logits"], logits_f, offsets], axis=-1),
+                                  crops.shape[1:3], model.output_stride, model.map_stride)
+    heatmaps = (jax.nn.sigmoid(maps[..., :k]) + jax.nn.sigmoid(maps[..., k:2 * k])) / 2
+    return heatmaps, maps[..., 2 * k:].reshape(*heatmaps.shape, 2)
+
+
 def network_fn(model: Any, flip_permutation: np.ndarray | None, radius: float,
                decoder: str = "hough", mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, jax.Array], jax.Array]:
     """A pure function (variables, uint8 crops (B, H, W, 3)) -> (B, K, 3) keypoints (x, y, probability) in crop
@@ -96,14 +125,7 @@ def network_fn(model: Any, flip_permutation: np.ndarray | None, radius: float,
     permutation = None if flip_permutation is None else jnp.asarray(flip_permutation)
 
     def infer(variables: Any, crops: jax.Array) -> jax.Array:
-        outputs = model.apply(variables, crops, train=False)
-        heatmaps, offsets = jax.nn.sigmoid(outputs["heatmap_logits"]), outputs["offsets"]
-        if permutation is not None:
-            flipped = model.apply(variables, crops[:, :, ::-1], train=False)
-            heatmaps_f, offsets_f = flip_back(jax.nn.sigmoid(flipped["heatmap_logits"]), flipped["offsets"],
-                                              permutation)
-            heatmaps, offsets = (heatmaps + heatmaps_f) / 2, (offsets + offsets_f) / 2
-        return decode(heatmaps, offsets)
+        return decode(*network_maps(model, variables, crops, permutation))
 
     def decode(heatmaps: jax.Array, offsets: jax.Array) -> jax.Array:
         if decoder == "argmax_offset":
@@ -263,4 +285,4 @@ class Pipeline:
 
 
 __all__ = ["DECODERS", "KEYPOINT_AVERAGES", "BoxSource", "InferenceSettings", "Pipeline", "PredictedPerson", "as_boxes",
-           "instance_scores", "model_for_decoder", "network_fn", "suppress", "to_image"]
+           "instance_scores", "model_for_decoder", "network_fn", "network_maps", "suppress", "to_image"]
