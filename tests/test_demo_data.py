@@ -3,10 +3,11 @@
 import json
 import multiprocessing
 
+import cv2
 import numpy as np
 
 from hvpose.data.coco import load_coco_keypoints
-from hvpose.data.demo_data import ensure_demo_dataset, mirror_scene, render, sample_scene
+from hvpose.data.demo_data import ensure_demo_dataset, mirror_scene, render, sample_scene, write_split
 from hvpose.data.pipeline import train_loader
 from hvpose.data.tfds_coco import prepare
 from hvpose.keypoints import COCO17
@@ -86,6 +87,23 @@ def test_dataset_is_deterministic_valid_coco_and_its_training_crops_tell_left_fr
             checked += 1
             facing.add(frontal)
     assert checked >= 20 and facing == {True, False} and flips >= 5
+
+
+def test_threaded_writing_gives_the_scenes_of_one_generator_in_order(tmp_path):
+    """write_split paints, renders and encodes in threads while it draws the next scenes: the files and labels
+    must be those of drawing and rendering one scene after another from the split's generator (`sample_scene`)."""
+    json_path = write_split(tmp_path, "val", 24, seed=5, first_image_id=100)
+    written = json.loads(json_path.read_text())
+    rng = np.random.default_rng([5, sum(map(ord, "val"))])
+    for i, entry in enumerate(written["images"]):
+        image, people = render(sample_scene(rng))
+        assert entry == {"id": 100 + i, "file_name": f"val_{100 + i:06d}.jpg", "width": image.shape[1],
+                         "height": image.shape[0]}
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        assert ok and (tmp_path / "images" / entry["file_name"]).read_bytes() == encoded.tobytes(), i
+        labels = [{k: v for k, v in a.items() if k not in ("id", "image_id")}
+                  for a in written["annotations"] if a["image_id"] == entry["id"]]
+        assert labels == people, i
 
 
 def _generate_when_both_are_ready(barrier, folder, seed):

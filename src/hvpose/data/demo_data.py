@@ -17,6 +17,8 @@ is another scene the generator could have drawn (`mirror_scene` builds it; the t
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import fcntl
 import json
@@ -99,26 +101,60 @@ def sample_person(rng: np.random.Generator, width: int, height: int) -> Syntheti
     return SyntheticPerson(joints=joints, frontal=frontal, unit=u, colors=colors)
 
 
-def sample_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A colour gradient, blurred noise and random shapes."""
+@dataclasses.dataclass
+class BackgroundDraws:
+    """A background's random draws, painted by `paint_background`: drawing must follow the generator's order,
+    painting (most of the pixel work) need not, so `write_split` paints while the next scenes are drawn."""
+
+    top: np.ndarray  # (3,) colour at the top row
+    bottom: np.ndarray  # (3,) colour at the bottom row
+    noise: np.ndarray  # (H, W, 3) standard normal, blurred when painted
+    blur_sigma: float
+    noise_amplitude: float
+    shapes: list[tuple[bool, tuple[int, ...], tuple[int, int], tuple[int, int], float]]  # (is a rectangle, colour,
+    # centre, half-size, ellipse angle) in drawing order
+
+
+def draw_background(rng: np.random.Generator, width: int, height: int) -> BackgroundDraws:
+    """The random draws of `sample_background`, in its order."""
     top, bottom = rng.integers(0, 256, (2, 3)).astype(np.float32)
-    t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
-    image = top * (1 - t) + bottom * t + np.zeros((1, width, 1), np.float32)
-    noise = cv2.GaussianBlur(rng.normal(0, 1, (height, width, 3)).astype(np.float32), (0, 0), rng.uniform(1, 6))
-    image = np.clip(image + noise * rng.uniform(5, 40), 0, 255).astype(np.uint8)
+    noise = rng.normal(0, 1, (height, width, 3))
+    blur_sigma = float(rng.uniform(1, 6))
+    noise_amplitude = float(rng.uniform(5, 40))
+    shapes = []
     for _ in range(rng.integers(2, 9)):
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         center = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))
         size = (int(rng.uniform(5, width / 3)), int(rng.uniform(5, height / 3)))
-        if rng.random() < 0.5:
+        rectangle = bool(rng.random() < 0.5)
+        shapes.append((rectangle, color, center, size, 0.0 if rectangle else float(rng.uniform(0, 180))))
+    return BackgroundDraws(top, bottom, noise, blur_sigma, noise_amplitude, shapes)
+
+
+def paint_background(draws: BackgroundDraws) -> np.ndarray:
+    """A colour gradient, blurred noise and the shapes: the (H, W, 3) uint8 image of `draws`."""
+    height, width = draws.noise.shape[:2]
+    t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    image = draws.top * (1 - t) + draws.bottom * t + np.zeros((1, width, 1), np.float32)
+    noise = cv2.GaussianBlur(draws.noise.astype(np.float32), (0, 0), draws.blur_sigma)
+    image = np.clip(image + noise * draws.noise_amplitude, 0, 255).astype(np.uint8)
+    for rectangle, color, center, size, angle in draws.shapes:
+        if rectangle:
             cv2.rectangle(image, (center[0] - size[0], center[1] - size[1]), (center[0] + size[0],
                           center[1] + size[1]), color, -1)
         else:
-            cv2.ellipse(image, center, size, float(rng.uniform(0, 180)), 0, 360, color, -1)
+            cv2.ellipse(image, center, size, angle, 0, 360, color, -1)
     return image
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
+def sample_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A colour gradient, blurred noise and random shapes."""
+    return paint_background(draw_background(rng, width, height))
+
+
+def draw_scene(rng: np.random.Generator) -> tuple[BackgroundDraws, list[SyntheticPerson],
+                                                   list[tuple[np.ndarray, tuple[int, int, int]]]]:
+    """The random draws of `sample_scene`, in its order, with the background not yet painted."""
     width, height = int(rng.integers(24, 41)) * 8, int(rng.integers(24, 41)) * 8
     persons = [sample_person(rng, width, height) for _ in range(rng.integers(1, 5))]
     persons.sort(key=lambda p: p.unit)  # smaller = farther = drawn first
@@ -128,7 +164,12 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         half = rng.uniform([4, 4], [width / 6, height / 4])
         corners = center + half * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
         occluders.append((corners, tuple(int(c) for c in rng.integers(0, 256, 3))))
-    return Scene(background=sample_background(rng, width, height), persons=persons, occluders=occluders)
+    return draw_background(rng, width, height), persons, occluders
+
+
+def sample_scene(rng: np.random.Generator) -> Scene:
+    background, persons, occluders = draw_scene(rng)
+    return Scene(background=paint_background(background), persons=persons, occluders=occluders)
 
 
 def mirror_scene(scene: Scene) -> Scene:
@@ -248,20 +289,45 @@ def person_category() -> dict:
             "skeleton": [[a + 1, b + 1] for a, b in kp.COCO17.skeleton]}
 
 
+def _render_jpeg(drawn: tuple[BackgroundDraws, list[SyntheticPerson], list]) -> tuple[bytes, int, int, list[dict]]:
+    """A drawn scene painted, rendered and JPEG-encoded: (bytes, width, height, people)."""
+    background, persons, occluders = drawn
+    image, people = render(Scene(background=paint_background(background), persons=persons, occluders=occluders))
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a demo image as JPEG")
+    return encoded.tobytes(), image.shape[1], image.shape[0], people
+
+
 def write_split(root: pathlib.Path, split: str, count: int, seed: int, first_image_id: int) -> pathlib.Path:
-    """Renders `count` scenes into root/images and writes root/<split>.json; returns the json path."""
+    """Renders `count` scenes into root/images and writes root/<split>.json; returns the json path.
+
+    The scenes are drawn in order from one generator (the dataset depends only on `seed` and `split`); threads
+    paint, render and encode them meanwhile (OpenCV and NumPy's generator release the GIL), a few scenes ahead.
+    """
     rng = np.random.default_rng([seed, sum(map(ord, split))])
     images, annotations = [], []
     (root / "images").mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image_id = first_image_id + i
-        image, people = render(sample_scene(rng))
+    threads = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                         or 1))
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+
+    def write_oldest() -> None:
+        image_id = first_image_id + len(images)
+        encoded, width, height, people = pending.popleft().result()
         file_name = f"{split}_{image_id:06d}.jpg"
-        cv2.imwrite(str(root / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
-        images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
+        (root / "images" / file_name).write_bytes(encoded)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for person in people:
             annotations.append({**person, "id": len(annotations) + 1 + first_image_id * 10, "image_id": image_id})
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _ in range(count):
+            if len(pending) >= 2 * threads:  # bounded: a drawn scene holds its noise (up to 2.4 MB)
+                write_oldest()
+            pending.append(pool.submit(_render_jpeg, draw_scene(rng)))
+        while pending:
+            write_oldest()
     path = root / f"{split}.json"
     path.write_text(json.dumps({"info": {"description": "hvpose synthetic demo people", "seed": seed},
                                 "images": images, "annotations": annotations, "categories": [person_category()]}))
