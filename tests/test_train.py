@@ -309,6 +309,26 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, uninterrupted, 
     assert_states_close(state_leaves(state), straight_state)
 
 
+@pytest.mark.slow
+def test_resuming_with_another_worker_count_is_refused_but_a_finished_run_reloads(tmp_path, caplog):
+    """grain resumes a data position only into a loader with the same worker count: a run stopped midway refuses
+    another count in one clear error; a finished run (re-run to evaluate) needs no data position and reloads."""
+    config = tiny_config(workdir_steps=3)
+    workdir = str(tmp_path / "run")
+    trained = state_leaves(train(config, workdir))  # worker_count 0: decoded in this process
+    config.data.worker_count = 1
+    with caplog.at_level(logging.WARNING, logger="hvpose.train"):
+        reloaded = state_leaves(train(config, workdir))
+    assert resumed_from(caplog) == [3]
+    assert_states_close(reloaded, trained, tol=0)
+    config.train.steps = 6
+    with pytest.raises(ConfigError, match=r"saved the data position of config.data.worker_count=0, and grain "
+                                          r"resumes it only with the same count \(given 1\): add "
+                                          r"--config.data.worker_count=0"):
+        train(config, workdir)
+    assert [step for step, _ in logged(workdir)] == [1, 2, 3]  # the refused run trained nothing
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     config = tiny_config(workdir_steps=3)
     config.loss.heatmap_weight = float("nan")

@@ -57,6 +57,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def data_worker_count(self, step: int) -> int | None:
+        """The grain worker count that checkpoint `step` saved the data position with (this process's), or None
+        when it holds no data position. grain restores a position only into a loader with the same count."""
+        saved = epath.Path(self.directory) / str(step) / "data"
+        for path in saved.glob(f"process_{jax.process_index()}-of-*.json") if saved.exists() else ():
+            return int(json.loads(path.read_text())["worker_count"])
+        return None
+
     def restore_latest(self, abstract_state: Any, mesh: jax.sharding.Mesh,
                        data_iterator: grain.DataLoaderIterator | None) -> Any | None:
         """The newest checkpoint's state placed replicated on `mesh` (and the iterator moved), or None."""

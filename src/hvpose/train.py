@@ -257,6 +257,16 @@ def _check_same_task(checkpoint_dir: str, task_name: str) -> None:
                           f"{task_name}: use another --workdir")
 
 
+def _check_same_worker_count(manager: checkpoints.Checkpointer, step: int, worker_count: int) -> None:
+    """Refuses to resume with another `config.data.worker_count` than the checkpoint's: grain's position holds one
+    place per worker (each batches its own elements), so it cannot continue the same batches with another count."""
+    saved = manager.data_worker_count(step)
+    if saved is not None and saved != worker_count:
+        raise ConfigError(f"{manager.directory}/{step} saved the data position of config.data.worker_count={saved}, "
+                          f"and grain resumes it only with the same count (given {worker_count}): add "
+                          f"--config.data.worker_count={saved}, or use another --workdir")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           evaluate_fn: Callable[[dict, int], dict] | None = None,
           stop_at: int | None = None) -> TrainState:
@@ -303,7 +313,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                            config.train.keep_checkpoints)
         _check_same_task(manager.directory, task_name)
         manager.save_config(config, keypoint_set)
-        state = manager.restore_latest(abstract, mesh, data_iterator)
+        latest = manager.latest_step()
+        # A finished run (re-run to evaluate, or after `make demo` changed its worker count) needs no data position.
+        resumes_data = latest is not None and latest < config.train.steps
+        if resumes_data:
+            _check_same_worker_count(manager, latest, config.data.worker_count)
+        state = manager.restore_latest(abstract, mesh, data_iterator if resumes_data else None)
         if state is None:
             state = jax.device_put(init_state(model, optimizer, task.input_size, config.seed, config.init.backbone),
                                    sharding.replicated(mesh))
