@@ -322,11 +322,13 @@ def test_resuming_with_another_worker_count_is_refused_but_a_finished_run_reload
     assert resumed_from(caplog) == [3]
     assert_states_close(reloaded, trained, tol=0)
     config.train.steps = 6
+    saved_config = (tmp_path / "run" / "checkpoints" / "config.json").read_text()
     with pytest.raises(ConfigError, match=r"saved the data position of config.data.worker_count=0, and grain "
                                           r"resumes it only with the same count \(given 1\): add "
                                           r"--config.data.worker_count=0"):
         train(config, workdir)
     assert [step for step, _ in logged(workdir)] == [1, 2, 3]  # the refused run trained nothing
+    assert (tmp_path / "run" / "checkpoints" / "config.json").read_text() == saved_config  # nor wrote its config
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):

@@ -312,12 +312,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         manager = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
                                            config.train.keep_checkpoints)
         _check_same_task(manager.directory, task_name)
-        manager.save_config(config, keypoint_set)
         latest = manager.latest_step()
         # A finished run (re-run to evaluate, or after `make demo` changed its worker count) needs no data position.
         resumes_data = latest is not None and latest < config.train.steps
         if resumes_data:
             _check_same_worker_count(manager, latest, config.data.worker_count)
+        manager.save_config(config, keypoint_set)
         state = manager.restore_latest(abstract, mesh, data_iterator if resumes_data else None)
         if state is None:
             state = jax.device_put(init_state(model, optimizer, task.input_size, config.seed, config.init.backbone),

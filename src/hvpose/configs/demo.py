@@ -37,9 +37,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.loss.map_stride = 2  # loss on every 2nd crop pixel (speed against every pixel: benchmarks/train_step.py)
 
     config.data.cache_dir = ""  # "" = WORKDIR/tfds
-    config.data.worker_count = 0  # decode in the training process, while the jitted step runs (dispatch is
-    # asynchronous): as fast here as a worker process, which takes 4-6 s to start (it imports grain, JAX and TFDS)
-    # for each of the demo's six loaders (README, "The demo")
+    config.data.worker_count = 0  # decode in the training process while the jitted step runs (dispatch is
+    # asynchronous): a worker process takes 3-6 s to start (it imports grain, JAX and TFDS) for each of the demo's
+    # six loaders; 0.94x the demo's time with one worker (README, "The demo")
     config.data.synthetic.enabled = True  # the built-in people, unless data paths are given
     config.data.synthetic.num_train = 1500
     config.data.synthetic.num_val = 150
