@@ -167,9 +167,14 @@ def draw_scene(rng: np.random.Generator) -> tuple[BackgroundDraws, list[Syntheti
     return draw_background(rng, width, height), persons, occluders
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
-    background, persons, occluders = draw_scene(rng)
+def paint_scene(drawn: tuple[BackgroundDraws, list[SyntheticPerson], list]) -> Scene:
+    """The scene of `draw_scene`'s draws, its background painted."""
+    background, persons, occluders = drawn
     return Scene(background=paint_background(background), persons=persons, occluders=occluders)
+
+
+def sample_scene(rng: np.random.Generator) -> Scene:
+    return paint_scene(draw_scene(rng))
 
 
 def mirror_scene(scene: Scene) -> Scene:
@@ -291,8 +296,7 @@ def person_category() -> dict:
 
 def _render_jpeg(drawn: tuple[BackgroundDraws, list[SyntheticPerson], list]) -> tuple[bytes, int, int, list[dict]]:
     """A drawn scene painted, rendered and JPEG-encoded: (bytes, width, height, people)."""
-    background, persons, occluders = drawn
-    image, people = render(Scene(background=paint_background(background), persons=persons, occluders=occluders))
+    image, people = render(paint_scene(drawn))
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
         raise RuntimeError("OpenCV could not encode a demo image as JPEG")
@@ -303,13 +307,13 @@ def write_split(root: pathlib.Path, split: str, count: int, seed: int, first_ima
     """Renders `count` scenes into root/images and writes root/<split>.json; returns the json path.
 
     The scenes are drawn in order from one generator (the dataset depends only on `seed` and `split`); threads
-    paint, render and encode them meanwhile (OpenCV and NumPy's generator release the GIL), a few scenes ahead.
+    paint, render and encode them meanwhile (OpenCV and NumPy's generator release the GIL), at most two scenes
+    per thread behind the drawing.
     """
     rng = np.random.default_rng([seed, sum(map(ord, split))])
     images, annotations = [], []
     (root / "images").mkdir(parents=True, exist_ok=True)
-    threads = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-                         or 1))
+    threads = min(4, os.cpu_count() or 1)  # the drawing, one thread, bounds the gain beyond a few
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
     def write_oldest() -> None:

@@ -69,8 +69,7 @@ def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
 
 def _max_pool_forward(x, window, strides, padding):
     result, first = _forward(x, window, strides, padding)
-    # Kept as computed: without the barrier XLA fuses the positions' computation into the backward pass's loop
-    # over input pixels, which then recomputes all window slices for each of the window's positions.
+    # The barrier keeps the positions as computed here (module docstring).
     return result, (jax.lax.optimization_barrier(first), x.shape)
 
 
