@@ -60,7 +60,7 @@ from hvpose.detector_targets import detector_loss, rpn_targets
 from hvpose.models.detector import FasterRCNN, detect, propose, sample_rois
 from hvpose.models.keypoint_net import DTYPES
 from hvpose.models.preprocess import preprocess
-from hvpose.models.resnet import ResNet, stage_units
+from hvpose.models.resnet import ResNet, stage_units, stage_width
 from hvpose.ops.nms import nms
 from hvpose.ops.roi_align import METHODS, roi_align
 from hvpose.train import init_state, jit_train_step, learning_rate_schedule, make_optimizer
@@ -143,7 +143,7 @@ class BoxHead(nn.Module):
     depth: int
     stride_on: str
     conv_bias: bool
-    base_width: int
+    width: int  # conv5_x's (`stage_width(3, ...)`)
     fc_dim: int
     bn_frozen: bool
     bn_momentum: float
@@ -159,7 +159,7 @@ class BoxHead(nn.Module):
                 use_running_average=not train or self.bn_frozen, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                 dtype=self.dtype, name=name)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = stage_units(x, 3, self.depth, 1, 1, 1, self.stride_on, self.conv_bias, norm, self.base_width,
+            x = stage_units(x, 3, self.depth, 1, 1, 1, self.stride_on, self.conv_bias, norm, self.width,
                             self.dtype)
             x = x.astype(jnp.float32).mean(axis=(1, 2))
         else:
@@ -180,12 +180,15 @@ class Stages:
         dtype = DTYPES[model.dtype]
         self.backbone = ResNet(depth=model.depth, output_stride=model.output_stride, stride_on=model.stride_on,
                                conv_bias=model.conv_bias, bn_frozen=model.bn_frozen, bn_momentum=model.bn_momentum,
-                               bn_epsilon=model.bn_epsilon, base_width=model.base_width, dtype=dtype,
+                               bn_epsilon=model.bn_epsilon, base_width=model.base_width,
+                               width_multipliers=tuple(model.width_multipliers), dtype=dtype,
                                stages=3 if model.head == "block4" else 4)
         self.feature_name = "block3" if model.head == "block4" else "block4"
         self.rpn = RPNHead(model.rpn_channels, model.num_anchors_per_cell, dtype)
-        self.head = BoxHead(model.head, model.depth, model.stride_on, model.conv_bias, model.base_width,
-                            model.fc_dim, model.bn_frozen, model.bn_momentum, model.bn_epsilon, dtype)
+        self.head = BoxHead(model.head, model.depth, model.stride_on, model.conv_bias,
+                            stage_width(3, model.base_width, model.width_multipliers), model.fc_dim,
+                            model.bn_frozen,
+                            model.bn_momentum, model.bn_epsilon, dtype)
         rpn_names = ("rpn_conv", "rpn_logits", "rpn_deltas")
         head_names = [name for name in params if name.startswith("block4_unit")
                       or name in ("fc1", "fc2", "class_logits", "box_deltas")]
@@ -426,7 +429,7 @@ def roi_align_section(label: str, model: FasterRCNN, images: int, canvas: tuple[
     """Section 3: each RoIAlign form against gather at one model's feature shape, RoI counts and settings."""
     backbone = ResNet(depth=model.depth, output_stride=model.output_stride, stride_on=model.stride_on,
                       conv_bias=model.conv_bias, base_width=model.base_width,
-                      stages=3 if model.head == "block4" else 4)
+                      width_multipliers=tuple(model.width_multipliers), stages=3 if model.head == "block4" else 4)
     shape = jax.eval_shape(lambda x: backbone.init_with_output(jax.random.key(0), x)[0],
                            jax.ShapeDtypeStruct((1, *canvas, 3), jnp.float32))
     shape = shape["block3" if model.head == "block4" else "block4"].shape[1:]

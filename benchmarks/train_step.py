@@ -2,7 +2,8 @@
 FLOP/s and MFU from XLA's cost analysis, and the share of the step outside the backbone.
 
     python benchmarks/train_step.py [--config configs/demo.py] [--batches 16] [--dtypes float32,bfloat16]
-        [--paper] [--paper_batches 1,2] [--repeats 5] [--out benchmarks/results/train_step-<machine>.json]
+        [--paper] [--paper_batches 1,2] [--repeats 5] [--sections init,loss_grid,head_and_loss,max_pool,widths,scaling]
+        [--out benchmarks/results/train_step-<machine>.json]
 
 Sections (times are the best of `--repeats` steps after compilation, on a fixed random batch already on the
 devices):
@@ -19,6 +20,9 @@ devices):
     backward) and as that without its optimization barrier (XLA then recomputes the maxima's positions inside the
     backward pass's fusion), interleaved (median of at least 10 paired ratios); one step from the same state gives
     the same loss and gradient norm (`same_first_step`).
+  * `widths`: the whole train step of the config and of `configs/detector_demo.py` with their
+    `model.width_multipliers` (the demos' conv5_x at half width) against the standard (1, 2, 4, 8) (the baseline,
+    same run), interleaved (median of at least 10 paired ratios).
   * `scaling`: for each batch size and compute dtype, the whole step beside the bare backbone's step (the same
     ResNet, forward + backward of a stand-in loss on block4, and the same optimizer's update of the backbone's
     parameters) on the same crops. `outside_backbone` = 1 - backbone time / step time: the heads, the upsampling
@@ -337,6 +341,42 @@ def max_pool_rows(config_paths: list[pathlib.Path], batch: int, repeats: int) ->
     return rows
 
 
+def widths_rows(config_paths: list[pathlib.Path], batch: int, repeats: int) -> list[dict[str, Any]]:
+    """Section `widths`: each config's whole train step with its `model.width_multipliers` against the standard
+    (1, 2, 4, 8) (the baseline, same run), interleaved (median of at least 10 paired ratios)."""
+    rows = []
+    for path in config_paths:
+        forms = {}
+        for name, multipliers in (("standard (1, 2, 4, 8) (baseline)", ()),
+                                  ("as configured", tuple(load_config(path).model.width_multipliers))):
+            config = load_config(path)
+            config.train.batch_size = batch
+            config.model.width_multipliers = multipliers
+            model, optimizer, objective, mesh, state, inputs = task_setup(config, batch)
+            with jax.set_mesh(mesh):
+                step = jit_train_step(model, optimizer, learning_rate_schedule(config.train), objective, mesh,
+                                      state).lower(state, inputs).compile()
+                carry, _ = step(jax.tree.map(jnp.copy, state), inputs)
+            forms[name] = {"step": step, "state": carry, "mesh": mesh, "inputs": inputs, "times": [],
+                           "multipliers": multipliers or (1, 2, 4, 8)}
+        for _ in range(max(repeats, 10)):  # interleaved, so drift hits both alike
+            for form in forms.values():
+                with jax.set_mesh(form["mesh"]):
+                    start = time.perf_counter()
+                    form["state"], metrics = form["step"](form["state"], form["inputs"])
+                    jax.block_until_ready(metrics)
+                    form["times"].append(time.perf_counter() - start)
+        base = forms["standard (1, 2, 4, 8) (baseline)"]
+        for name, form in forms.items():
+            rows.append({"section": "widths", "config": path.name, "form": name,
+                         "width_multipliers": list(form["multipliers"]), "batch": batch,
+                         "seconds": float(np.median(form["times"])),
+                         "time_vs_baseline": float(np.median(np.array(form["times"]) / np.array(base["times"])))})
+        print(f"  widths {path.name}: {rows[-1]['width_multipliers']} {rows[-1]['time_vs_baseline']:.3f}x",
+              file=sys.stderr, flush=True)
+    return rows
+
+
 def peer_rows(batches: list[int], dtypes: list[str], repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The PyTorch peer's rows (`train_step_torch.py` in a subprocess) and what it ran on."""
     command = [sys.executable, str(pathlib.Path(__file__).parent / "train_step_torch.py"),
@@ -391,6 +431,9 @@ def integers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
+SECTIONS = ("init", "loss_grid", "head_and_loss", "max_pool", "widths", "scaling")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=pathlib.Path, default=REPO / "configs" / "demo.py")
@@ -402,9 +445,15 @@ def main() -> None:
     parser.add_argument("--paper_batches", type=integers, default=[1, 2])
     parser.add_argument("--peer", action="store_true",
                         help="with --paper: also time the PyTorch peer (needs torch and torchvision)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of {','.join(SECTIONS)} (peak always runs)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="JSON results file (default: benchmarks/results/train_step-<machine>.json)")
+                        help="JSON results file (default: benchmarks/results/train_step-<machine>.json, or "
+                             "train_step-<sections>-<machine>.json for some sections only)")
     args = parser.parse_args()
+    sections = [name for name in args.sections.split(",") if name]
+    if unknown := sorted(set(sections) - set(SECTIONS)):
+        parser.error(f"unknown sections {unknown} (known: {', '.join(SECTIONS)})")
     malloc_reused = reuse_freed_memory()  # before JAX runs, as python -m hvpose.main does
     dtypes = [d for d in args.dtypes.split(",") if d]
     peer, peer_report = [], None
@@ -413,16 +462,24 @@ def main() -> None:
             parser.error("--peer compares with the paper's config: add --paper")
         peer, peer_report = peer_rows(args.paper_batches, dtypes, max(2, args.repeats // 2))
     machine = machine_info()
-    out = args.out or pathlib.Path(__file__).parent / "results" / f"train_step-{machine['name']}.json"
+    some = "" if set(sections) == set(SECTIONS) else "-" + "-".join(sections)
+    out = args.out or pathlib.Path(__file__).parent / "results" / f"train_step{some}-{machine['name']}.json"
     started = time.perf_counter()
     peaks = {dtype: peak_flops(dtype, args.repeats) for dtype in dtypes}
     rows: list[dict[str, Any]] = [{"section": "peak", "dtype": d, "flops_per_second": p, "source": s}
                                   for d, (p, s) in peaks.items()]
-    rows += init_rows([args.config, REPO / "configs" / "detector_demo.py"])
-    rows += loss_grid_rows(args.config, args.batches[0], args.repeats)
-    rows += head_and_loss_rows(args.config, args.batches[0], args.repeats)
-    rows += max_pool_rows([args.config, REPO / "configs" / "detector_demo.py"], args.batches[0], args.repeats)
-    rows += scaling_rows(args.config, args.batches, dtypes, args.repeats, peaks)
+    if "init" in sections:
+        rows += init_rows([args.config, REPO / "configs" / "detector_demo.py"])
+    if "loss_grid" in sections:
+        rows += loss_grid_rows(args.config, args.batches[0], args.repeats)
+    if "head_and_loss" in sections:
+        rows += head_and_loss_rows(args.config, args.batches[0], args.repeats)
+    if "max_pool" in sections:
+        rows += max_pool_rows([args.config, REPO / "configs" / "detector_demo.py"], args.batches[0], args.repeats)
+    if "widths" in sections:
+        rows += widths_rows([args.config, REPO / "configs" / "detector_demo.py"], args.batches[0], args.repeats)
+    if "scaling" in sections:
+        rows += scaling_rows(args.config, args.batches, dtypes, args.repeats, peaks)
     if args.paper:
         rows += scaling_rows(REPO / "configs" / "coco.py", args.paper_batches, dtypes, max(2, args.repeats // 2),
                              peaks)
@@ -453,6 +510,10 @@ def main() -> None:
     for row in (r for r in rows if r["section"] == "max_pool"):
         print(f"{row['form']:48} {row['config']:18} {row['batch']:5d} {row['seconds'] * 1e3:8.1f} "
               f"{row['time_vs_baseline']:7.2f}x {str(row['same_first_step']):>9}")
+    print(f"\n{'stage widths, whole step':34} {'config':18} {'batch':>5} {'ms':>8} {'vs base':>8}")
+    for row in (r for r in rows if r["section"] == "widths"):
+        print(f"{str(tuple(row['width_multipliers'])):34} {row['config']:18} {row['batch']:5d} "
+              f"{row['seconds'] * 1e3:8.1f} {row['time_vs_baseline']:7.2f}x")
     print(f"\n{'config':10} {'dtype':9} {'batch':>5} {'seconds':>8} {'crops/s':>8} {'GFLOP/crop':>10} {'TFLOP/s':>8} "
           f"{'MFU':>6} {'backbone s':>10} {'outside bb':>10} {'(FLOPs)':>8}")
     for row in (r for r in rows if r["section"] == "scaling"):

@@ -49,7 +49,8 @@ def test_a_keypoint_resnet_fills_a_detectors_backbone_and_its_conv5_head(trained
     """A detector whose second stage runs conv5_x per RoI gets block4 beside its backbone, as from ImageNet."""
     config, workdir = trained
     resnet, _ = restore_backbone(str(workdir))
-    model = FasterRCNN(**{**TINY, "head": "block4", "roi_size": 6})
+    model = FasterRCNN(**{**TINY, "head": "block4", "roi_size": 6,
+                          "width_multipliers": config.model.width_multipliers})
     fresh = init_state(model, make_optimizer(config.train), (65, 65), 0, backbone=str(workdir))
     np.testing.assert_array_equal(fresh.params["block4_unit2"]["conv2"]["kernel"],
                                   resnet["params"]["block4_unit2"]["conv2"]["kernel"])
@@ -65,6 +66,13 @@ def test_settings_that_cannot_fit_are_refused_in_one_line(trained, tmp_path):
     wider = {**config.model.to_dict(), "base_width": 16, "preprocess": "torchvision"}
     with pytest.raises(ConfigError, match=r"config.model.base_width=8, config.model.preprocess='unit'$"):
         check_backbone_matches(workdir, wider)
+    assert family.width_multipliers == (1, 2, 4, 4)  # the demo's conv5_x at half width
+    standard = {**config.model.to_dict(), "width_multipliers": []}  # a list, as read from json
+    with pytest.raises(ConfigError, match=r"config.model.width_multipliers=\(1, 2, 4, 4\)$"):
+        check_backbone_matches(workdir, standard)
+    with pytest.raises(ConfigError, match=r"Keras Applications ResNet weights need .*width_multipliers=\(\)"):
+        check_backbone_matches("imagenet.h5", {**config.model.to_dict(), "stride_on": "1x1", "conv_bias": True,
+                                               "preprocess": "caffe"})
     with pytest.raises(ConfigError, match="not an hvpose training workdir"):
         backbone_family(tmp_path)
     unsaved = tmp_path / "unsaved" / "checkpoints"  # a run stopped before its first checkpoint

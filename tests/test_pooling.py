@@ -13,6 +13,8 @@ CASES = [  # (input shape, window, strides, padding)
     ((1, 80, 56, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # even sizes
     ((3, 14, 14, 5), (2, 2), (2, 2), ((0, 0), (0, 0))),  # the detector's block4 head on 14x14 RoIs
     ((1, 9, 7, 2), (3, 2), (1, 3), ((2, 0), (0, 1))),  # uneven window, strides and padding
+    ((2, 10, 11, 3), (1, 2), (3, 2), ((0, 2), (1, 0))),  # a window shorter than its stride: phases no output reads
+    ((2, 17, 19, 4), (5, 4), (3, 2), ((2, 2), (1, 2))),  # up to two window positions per phase and axis
 ]
 
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hvpose.models.resnet import ResNet, stage_strides_and_dilations
+from hvpose.models.resnet import ResNet, stage_strides_and_dilations, stage_width
 
 
 def randomize_batch_stats(variables, seed=1):
@@ -77,3 +77,22 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_unknown_depth_is_a_clear_error():
     with pytest.raises(ValueError, match="depth must be one of"):
         ResNet(depth=42).init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
+
+
+@pytest.mark.parametrize(("depth", "expansion"), [(18, 1), (50, 4)])
+def test_width_multipliers_set_each_stages_width_and_default_to_the_standard(depth, expansion):
+    images = jnp.zeros((1, 65, 49, 3))
+    standard = ResNet(depth=depth, output_stride=16, base_width=8)
+    narrow_block4 = ResNet(depth=depth, output_stride=16, base_width=8, width_multipliers=(1, 2, 4, 4))
+    for model, widths in ((standard, (8, 16, 32, 64)), (narrow_block4, (8, 16, 32, 32))):
+        features, variables = model.init_with_output(jax.random.key(0), images)
+        assert [features[f"block{s + 1}"].shape[-1] for s in range(4)] == [w * expansion for w in widths]
+        assert variables["params"]["block4_unit1"]["conv1"]["kernel"].shape[-1] == widths[3]
+    assert [stage_width(s, 8) for s in range(4)] == [8, 16, 32, 64]
+    assert [stage_width(s, 8, (2, 3, 5, 7)) for s in range(4)] == [16, 24, 40, 56]  # conv2_x wider than the stem
+
+
+@pytest.mark.parametrize("widths", [(1, 2, 4), (1, 2, 0, 4), (1, 2, 4, 4.5)])
+def test_bad_width_multipliers_are_a_clear_error(widths):
+    with pytest.raises(ValueError, match="width_multipliers must be"):
+        ResNet(depth=18, width_multipliers=widths).init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))

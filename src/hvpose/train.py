@@ -40,6 +40,7 @@ from hvpose.models.initialize import initial_variables
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.models.resnet import frozen_parameters
 from hvpose.paths import resolve_workdir
+from hvpose.pretrained.families import FIELDS as BACKBONE_FIELDS
 from hvpose.pretrained.families import check_backbone_matches
 from hvpose.targets import check_loss_settings, total_loss
 
@@ -113,8 +114,7 @@ def init_state(model: KeypointNet, optimizer: optax.GradientTransformation, crop
     if backbone:
         from hvpose.pretrained.keras_resnet import check_matches
 
-        family = check_backbone_matches(backbone, {name: getattr(model, name) for name in (
-            "depth", "base_width", "stride_on", "conv_bias", "preprocess")})
+        family = check_backbone_matches(backbone, {name: getattr(model, name) for name in BACKBONE_FIELDS})
         loaded = family.read(backbone, model.depth)
         log.warning("hvpose: backbone initialised from %s (%s)", backbone, family.name)
         # A detector with the block4 head runs conv5_x per RoI, outside its backbone: those units load beside it.

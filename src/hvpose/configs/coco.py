@@ -37,6 +37,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.stride_on = "1x1"  # Keras/Caffe layout, so Keras ImageNet weights load
     config.model.conv_bias = True  # Keras Applications' ResNets have conv biases
     config.model.base_width = 64  # standard ResNet width
+    config.model.width_multipliers = ()  # conv2_x..conv5_x widths over base_width; () = (1, 2, 4, 8), the standard
     config.model.aux_head = True  # deep supervision on block3 (the paper's intermediate loss)
     config.model.bn_frozen = False  # BatchNorm statistics over the global batch
     config.model.bn_momentum = 0.9  # running statistics decay

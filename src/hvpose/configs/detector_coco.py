@@ -39,6 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.9  # running statistics decay (unused while frozen)
     config.model.bn_epsilon = 1.001e-5  # Keras Applications'
     config.model.base_width = 64  # standard width
+    config.model.width_multipliers = ()  # conv2_x..conv5_x widths over base_width; () = (1, 2, 4, 8), the standard
     config.model.preprocess = "caffe"  # Keras ImageNet ResNets: BGR minus the mean
     config.model.dtype = "bfloat16"  # compute dtype on TPU/GPU; parameters stay float32
     config.model.head = "block4"  # conv5_x on 14x14 RoIs max-pooled to 7x7 (TFOD Faster R-CNN ResNet-101)

@@ -3,7 +3,8 @@
     python -m hvpose.main --config=configs/detector_demo.py --workdir=/tmp/hvpose-demo/detector
 
 Stage 1 of the demo (`make demo` runs it before the keypoint network, whose evaluation then uses its boxes). The
-method is detector_coco.py's scaled to this CPU: a quarter-width ResNet-18 at output stride 16 on a 161x161 canvas
+method is detector_coco.py's scaled to this CPU: a quarter-width ResNet-18 (conv5_x at half of that) at output
+stride 16 on a 161x161 canvas
 (the scenes are 192-320 px, people 40-290 px tall), a light two-layer head on 7x7 RoIs instead of conv5_x, fewer
 proposals and samples. Sized by measurement to fit its share of the demo's ten minutes (README).
 
@@ -28,6 +29,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.conv_bias = False
     config.model.bn_frozen = False  # trained from scratch: BatchNorm statistics are learnt
     config.model.base_width = 16  # quarter width: the synthetic people are easy to tell from their background
+    config.model.width_multipliers = (1, 2, 4, 4)  # conv5_x at half the standard 8: the costliest stage at output
+    # stride 16; box AP within one seed's noise (README, "The demo")
     config.model.preprocess = "unit"  # x / 127.5 - 1
     config.model.dtype = "float32"  # bfloat16 is slow on CPUs
     config.model.head = "fc"  # two fully connected layers on 7x7 RoIs of block4
@@ -73,6 +76,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.train.checkpoint_every = 1000
         config.data.augment.zoom = (0.6, 1.4)  # scale jitter: moves the overfitting plateau up (README)
         config.inference.nms_threshold = 0.7  # chosen on another synthetic split (seed 7): the people overlap
+        config.model.width_multipliers = ()  # the standard widths, as its figures were measured (README)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of configs/detector_demo.py (known: long)")
     return config

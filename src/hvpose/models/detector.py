@@ -29,7 +29,7 @@ import numpy as np
 
 from hvpose.models.keypoint_net import DTYPES
 from hvpose.models.preprocess import check_preprocess, preprocess
-from hvpose.models.resnet import ResNet, stage_strides_and_dilations, stage_units
+from hvpose.models.resnet import ResNet, check_width_multipliers, stage_strides_and_dilations, stage_units, stage_width
 from hvpose.ops import boxes as box_ops
 from hvpose.ops.anchors import grid_anchors
 from hvpose.ops.matching import balanced_sample, match
@@ -126,8 +126,8 @@ class FasterRCNN(nn.Module):
     (height, width) on the canvas (None: the whole canvas).
 
     Attributes:
-      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width: the backbone
-        (`hvpose.models.resnet.ResNet`).
+      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width, width_multipliers:
+        the backbone (`hvpose.models.resnet.ResNet`; the block4 head's conv5_x takes its width too).
       preprocess: input normalisation (`hvpose.models.preprocess`); dtype: "float32" or "bfloat16".
       head: "block4" (conv5_x on 14x14 RoIs max-pooled to 7x7; the RPN then works on block3) or "fc" (two fully
         connected layers of `fc_dim` on `roi_size` x `roi_size` RoIs of block4).
@@ -148,6 +148,7 @@ class FasterRCNN(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1.001e-5
     base_width: int = 64
+    width_multipliers: tuple[int, ...] = ()
     preprocess: str = "caffe"
     dtype: str = "float32"
     head: str = "block4"
@@ -166,6 +167,9 @@ class FasterRCNN(nn.Module):
     roi_align_method: str = "gather"
 
     def __post_init__(self) -> None:
+        # A list when read from json, and modules must hash.
+        object.__setattr__(self, "width_multipliers", tuple(self.width_multipliers))
+        check_width_multipliers(self.width_multipliers)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.head not in HEADS:
@@ -207,7 +211,8 @@ class FasterRCNN(nn.Module):
             dtype=dtype, name=name)
         backbone = ResNet(depth=self.depth, output_stride=self.output_stride, stride_on=self.stride_on,
                           conv_bias=self.conv_bias, bn_frozen=self.bn_frozen, bn_momentum=self.bn_momentum,
-                          bn_epsilon=self.bn_epsilon, base_width=self.base_width, dtype=dtype,
+                          bn_epsilon=self.bn_epsilon, base_width=self.base_width,
+                          width_multipliers=tuple(self.width_multipliers), dtype=dtype,
                           stages=3 if self.head == "block4" else 4, name="backbone")
         features = backbone(preprocess(images, self.preprocess), train=train)
         features = features["block3" if self.head == "block4" else "block4"]
@@ -255,7 +260,8 @@ class FasterRCNN(nn.Module):
         pooled = pooled.reshape(batch * num_rois, *pooled.shape[2:]).astype(dtype)
         if self.head == "block4":
             x = max_pool(pooled, (2, 2), (2, 2))
-            x = stage_units(x, 3, self.depth, 1, 1, 1, self.stride_on, self.conv_bias, norm, self.base_width, dtype)
+            x = stage_units(x, 3, self.depth, 1, 1, 1, self.stride_on, self.conv_bias, norm,
+                            stage_width(3, self.base_width, self.width_multipliers), dtype)
             x = x.astype(jnp.float32).mean(axis=(1, 2))
         else:
             x = pooled.reshape(batch * num_rois, -1)

@@ -23,7 +23,7 @@ import numpy as np
 
 from hvpose.keypoints import COCO17
 from hvpose.models.preprocess import check_preprocess, preprocess
-from hvpose.models.resnet import ResNet
+from hvpose.models.resnet import ResNet, check_width_multipliers
 from hvpose.ops.upsample import upsample_to_map_stride
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -66,9 +66,8 @@ class KeypointNet(nn.Module):
 
     Attributes:
       num_keypoints: K.
-      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width, frozen_stages:
-        backbone
-        (see ResNet).
+      depth, output_stride, stride_on, conv_bias, bn_frozen, bn_momentum, bn_epsilon, base_width, width_multipliers,
+        frozen_stages: backbone (see ResNet).
       aux_head: add a second 1x1 head on block3.
       preprocess: input normalisation, "caffe", "torchvision", "unit" or "none" (`hvpose.models.preprocess`).
       map_stride: the maps are sampled at every `map_stride`-th crop pixel: 1 is full crop resolution (the paper;
@@ -89,6 +88,7 @@ class KeypointNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1.001e-5
     base_width: int = 64
+    width_multipliers: tuple[int, ...] = ()
     frozen_stages: int = 0
     aux_head: bool = False
     preprocess: str = "caffe"
@@ -98,6 +98,9 @@ class KeypointNet(nn.Module):
 
     def __post_init__(self) -> None:
         # Bad settings fail when the network is built, not at its first call deep inside jit.
+        # A list when read from json, and modules must hash.
+        object.__setattr__(self, "width_multipliers", tuple(self.width_multipliers))
+        check_width_multipliers(self.width_multipliers)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         check_preprocess(self.preprocess)
@@ -110,7 +113,8 @@ class KeypointNet(nn.Module):
         features = ResNet(
             depth=self.depth, output_stride=self.output_stride, stride_on=self.stride_on, conv_bias=self.conv_bias,
             bn_frozen=self.bn_frozen, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            base_width=self.base_width, frozen_stages=self.frozen_stages, dtype=DTYPES[self.dtype], name="backbone",
+            base_width=self.base_width, width_multipliers=self.width_multipliers, frozen_stages=self.frozen_stages,
+            dtype=DTYPES[self.dtype], name="backbone",
         )(preprocess(crops, self.preprocess), train=train)
         heads = {"": features["block4"]}
         if self.aux_head:

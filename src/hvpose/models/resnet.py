@@ -15,6 +15,7 @@ Keras pads its 7x7 stem by 3 and its max-pool by 1, and a strided 1x1 convolutio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -34,7 +35,8 @@ BASIC_STAGES: dict[int, tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
 }
-STAGE_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
+# Each stage's width as a multiple of the stem's (64 in every published ResNet: 64, 128, 256, 512).
+STANDARD_MULTIPLIERS: tuple[int, int, int, int] = (1, 2, 4, 8)
 DEPTHS: tuple[int, ...] = tuple(sorted({**BOTTLENECK_STAGES, **BASIC_STAGES}))
 
 
@@ -121,14 +123,30 @@ class Basic(nn.Module):
         return nn.relu(shortcut + y)
 
 
+def stage_width(stage: int, base_width: int, width_multipliers: Sequence[int] = ()) -> int:
+    """The width of stage `stage`'s units (0 = conv2_x; a bottleneck's inner width, a basic block's output):
+    `base_width` x `width_multipliers[stage]`, by default x (1, 2, 4, 8)[stage] as in every published ResNet."""
+    check_width_multipliers(width_multipliers)
+    return base_width * int((width_multipliers or STANDARD_MULTIPLIERS)[stage])
+
+
+def check_width_multipliers(width_multipliers: Sequence[int]) -> None:
+    """Raises ValueError unless `width_multipliers` is empty (the standard (1, 2, 4, 8)) or four positive
+    integers."""
+    if width_multipliers and (len(width_multipliers) != len(STANDARD_MULTIPLIERS) or min(width_multipliers) < 1
+                              or any(int(m) != m for m in width_multipliers)):
+        raise ValueError(f"width_multipliers must be () or four positive integers (conv2_x..conv5_x), got "
+                         f"{tuple(width_multipliers)}")
+
+
 def stage_units(x: jax.Array, stage: int, depth: int, stride: int, dilation: int, first_dilation: int,
-                stride_on: str, conv_bias: bool, norm: Any, base_width: int, dtype: Any) -> jax.Array:
-    """The residual units of stage `stage` (0 = conv2_x .. 3 = conv5_x), named `block{stage+1}_unit{k}`; call it
-    inside a compact module (the ResNet, or a detector head running conv5_x on RoIs with the same parameter names).
+                stride_on: str, conv_bias: bool, norm: Any, width: int, dtype: Any) -> jax.Array:
+    """The residual units of stage `stage` (0 = conv2_x .. 3 = conv5_x) of `width` (`stage_width`), named
+    `block{stage+1}_unit{k}`; call it inside a compact module (the ResNet, or a detector head running conv5_x on
+    RoIs with the same parameter names).
     """
     bottleneck = depth in BOTTLENECK_STAGES
     blocks = (BOTTLENECK_STAGES[depth] if bottleneck else BASIC_STAGES[depth])[stage]
-    width = STAGE_WIDTHS[stage] * base_width // 64
     block_cls = Bottleneck if bottleneck else Basic
     for block in range(blocks):
         dilations = ({"dilation": first_dilation if block == 0 else dilation} if bottleneck else
@@ -137,7 +155,7 @@ def stage_units(x: jax.Array, stage: int, depth: int, stride: int, dilation: int
             width=width,
             stride=stride if block == 0 else 1,
             **dilations,
-            project_shortcut=block == 0 and (bottleneck or stage > 0),
+            project_shortcut=block == 0 and (bottleneck or stage > 0 or x.shape[-1] != width),
             stride_on=stride_on,
             conv_bias=conv_bias,
             norm=norm,
@@ -188,6 +206,9 @@ class ResNet(nn.Module):
       bn_epsilon: BatchNorm epsilon (Keras Applications ResNet uses 1.001e-5, torchvision 1e-5).
       base_width: channels of the stem and of stage conv2 (64 in every published ResNet; smaller values give
         proportionally narrower, ~quadratically cheaper networks for tests and CPU demos).
+      width_multipliers: the widths of conv2_x..conv5_x's units as multiples of base_width; () is the standard
+        (1, 2, 4, 8). A narrower conv5_x, (1, 2, 4, 4) say, is the cheaper network at output strides 8 and 16,
+        where conv5_x runs on conv4_x's grid at 4x its cost per channel.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
       stages: how many of conv2_x..conv5_x to run (3: up to block3, for a detector that runs conv5_x per RoI).
       frozen_stages: Detectron2's FREEZE_AT: 0 trains everything, 1 freezes the stem, 2 the stem and conv2_x, and
@@ -203,6 +224,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1.001e-5
     base_width: int = 64
+    width_multipliers: tuple[int, ...] = ()
     dtype: Any = jnp.float32
     stages: int = 4
     frozen_stages: int = 0
@@ -215,6 +237,7 @@ class ResNet(nn.Module):
             raise ValueError(f"stride_on must be '1x1' or '3x3', got {self.stride_on!r}")
         if not 1 <= self.stages <= 4:
             raise ValueError(f"stages must be 1 to 4, got {self.stages}")
+        check_width_multipliers(self.width_multipliers)
         if not 0 <= self.frozen_stages <= self.stages + 1:
             raise ValueError(f"frozen_stages must be 0 to {self.stages + 1} (stem and stages), "
                              f"got {self.frozen_stages}")
@@ -246,7 +269,7 @@ class ResNet(nn.Module):
             first_dilation = previous_dilation if (self.stride_on == "3x3" or self.depth in BASIC_STAGES) \
                 else dilation
             x = stage_units(x, stage, self.depth, stride, dilation, first_dilation, self.stride_on, self.conv_bias,
-                            norm_of(stage + 1), self.base_width, self.dtype)
+                            norm_of(stage + 1), stage_width(stage, self.base_width, self.width_multipliers), self.dtype)
             x = gradient_stop(x, stage + 1)
             previous_dilation = dilation
             features[f"block{stage + 1}"] = x

@@ -30,6 +30,7 @@ class BackboneFamily:
     read: Callable[[str, int], dict[str, Any]]  # (path, depth) -> {"params": ..., "batch_stats": ...}
     depth: int | None = None  # `KeypointNet.depth` (None: not known before reading; shapes are checked then)
     base_width: int | None = None  # `KeypointNet.base_width` (None: as `depth`)
+    width_multipliers: tuple[int, ...] | None = ()  # `KeypointNet.width_multipliers` (published ResNets: ())
 
 
 def _read_keras(path: str, depth: int) -> dict[str, Any]:
@@ -63,9 +64,12 @@ def _workdir_family(path: str) -> BackboneFamily:
     from hvpose.checkpoints import read_config
 
     model = read_config(str(epath.Path(path) / "checkpoints"))[0].model
-    return BackboneFamily(f"hvpose checkpoint ({model.depth}-layer, base width {model.base_width})",
+    width_multipliers = tuple(model.get("width_multipliers", ()))  # configs saved before the field: the standard
+    widths = f", width multipliers {width_multipliers}" if width_multipliers else ""
+    return BackboneFamily(f"hvpose checkpoint ({model.depth}-layer, base width {model.base_width}{widths})",
                           stride_on=model.stride_on, conv_bias=model.conv_bias, preprocess=model.preprocess,
-                          read=_read_workdir, depth=model.depth, base_width=model.base_width)
+                          read=_read_workdir, depth=model.depth, base_width=model.base_width,
+                          width_multipliers=width_multipliers)
 
 
 def backbone_family(path: str | os.PathLike[str]) -> BackboneFamily:
@@ -82,16 +86,21 @@ def backbone_family(path: str | os.PathLike[str]) -> BackboneFamily:
     return TORCH if path.endswith(".safetensors") else KERAS
 
 
+# The `config.model` fields a backbone's weights fix.
+FIELDS = ("depth", "base_width", "width_multipliers", "stride_on", "conv_bias", "preprocess")
+
+
 def check_backbone_matches(path: str | os.PathLike[str], model_config: Mapping[str, Any]) -> BackboneFamily:
     """The family of `path`; raises ConfigError naming every `config.model` field the weights cannot work with."""
     family = backbone_family(path)
-    wrong = [f"config.model.{name}={getattr(family, name)!r}"
-             for name in ("depth", "base_width", "stride_on", "conv_bias", "preprocess")
-             if getattr(family, name) is not None and name in model_config
-             and model_config[name] != getattr(family, name)]
+    def given(name: str) -> Any:  # multipliers compare as tuples (a config read from json holds a list)
+        return tuple(model_config[name]) if name == "width_multipliers" else model_config[name]
+
+    wrong = [f"config.model.{name}={getattr(family, name)!r}" for name in FIELDS
+             if getattr(family, name) is not None and name in model_config and given(name) != getattr(family, name)]
     if wrong:
         raise ConfigError(f"{os.fspath(path)}: {family.name} ResNet weights need {', '.join(wrong)}")
     return family
 
 
-__all__ = ["KERAS", "TORCH", "BackboneFamily", "backbone_family", "check_backbone_matches"]
+__all__ = ["FIELDS", "KERAS", "TORCH", "BackboneFamily", "backbone_family", "check_backbone_matches"]
