@@ -310,9 +310,10 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, uninterrupted, 
 
 
 @pytest.mark.slow
-def test_resuming_with_another_worker_count_is_refused_but_a_finished_run_reloads(tmp_path, caplog):
+def test_resuming_with_another_worker_count_or_model_is_refused_but_a_finished_run_reloads(tmp_path, caplog):
     """grain resumes a data position only into a loader with the same worker count: a run stopped midway refuses
-    another count in one clear error; a finished run (re-run to evaluate) needs no data position and reloads."""
+    another count in one clear error; a finished run (re-run to evaluate) needs no data position and reloads. A
+    model of other settings (a re-run over an older demo's workdir) is refused in one line, finished or not."""
     config = tiny_config(workdir_steps=3)
     workdir = str(tmp_path / "run")
     trained = state_leaves(train(config, workdir))  # worker_count 0: decoded in this process
@@ -329,6 +330,12 @@ def test_resuming_with_another_worker_count_is_refused_but_a_finished_run_reload
         train(config, workdir)
     assert [step for step, _ in logged(workdir)] == [1, 2, 3]  # the refused run trained nothing
     assert (tmp_path / "run" / "checkpoints" / "config.json").read_text() == saved_config  # nor wrote its config
+    config.data.worker_count, config.train.steps = 0, 3
+    config.model.width_multipliers = (1, 2, 4, 2)
+    with pytest.raises(ConfigError, match=r"was trained with config.model.width_multipliers=\[1, 2, 4, 4\] \(given "
+                                          r"\(1, 2, 4, 2\)\): its checkpoints resume only into that model"):
+        train(config, workdir)
+    assert (tmp_path / "run" / "checkpoints" / "config.json").read_text() == saved_config
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):

@@ -257,6 +257,15 @@ def _check_same_task(checkpoint_dir: str, task_name: str) -> None:
                           f"{task_name}: use another --workdir")
 
 
+def _check_same_model(checkpoint_dir: str, model: Any) -> None:
+    """Refuses to resume into a model of other settings than the checkpoint's (a `make demo` re-run over a workdir
+    of an older demo, say), in one line naming them, instead of failing deep inside the restore."""
+    differences = checkpoints.model_differences(checkpoint_dir, model)
+    if differences:
+        raise ConfigError(f"{checkpoint_dir} was trained with {differences}: its checkpoints resume only into that "
+                          "model; use another --workdir (or remove this one), or give those settings")
+
+
 def _check_same_worker_count(manager: checkpoints.Checkpointer, step: int, worker_count: int) -> None:
     """Refuses to resume with another `config.data.worker_count` than the checkpoint's: grain's position holds one
     place per worker (each batches its own elements), so it cannot continue the same batches with another count."""
@@ -313,6 +322,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                            config.train.keep_checkpoints)
         _check_same_task(manager.directory, task_name)
         latest = manager.latest_step()
+        if latest is not None:
+            _check_same_model(manager.directory, model)
         # A finished run (re-run to evaluate, or after `make demo` changed its worker count) needs no data position.
         resumes_data = latest is not None and latest < config.train.steps
         if resumes_data:
