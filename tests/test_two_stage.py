@@ -55,7 +55,8 @@ def test_detector_then_keypoints_on_its_boxes(tmp_path):
     assert both.returncode == 0, both.stderr[-3000:]
     assert set(metrics) == {*STAT_NAMES, *(f"{name}_gt_boxes" for name in STAT_NAMES), "step"}
     assert "with ground-truth boxes" in both.stderr
-    assert f"backbone initialised from {detector} (hvpose checkpoint (18-layer, base width 8))" in both.stderr
+    assert (f"backbone initialised from {detector} (hvpose checkpoint (18-layer, base width 8, width multipliers "
+            "(1, 2, 4, 4)))") in both.stderr  # the demo's conv5_x at half width, in both networks
 
     import hvpose
     from hvpose.data.images import decode_image, read_image_file

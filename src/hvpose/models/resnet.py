@@ -204,11 +204,11 @@ class ResNet(nn.Module):
       bn_frozen: use the stored BatchNorm statistics even when training (fine-tuning with small per-device batches).
       bn_momentum: decay of the running BatchNorm statistics.
       bn_epsilon: BatchNorm epsilon (Keras Applications ResNet uses 1.001e-5, torchvision 1e-5).
-      base_width: channels of the stem and of stage conv2 (64 in every published ResNet; smaller values give
-        proportionally narrower, ~quadratically cheaper networks for tests and CPU demos).
+      base_width: channels of the stem, and the unit of the stages' widths (64 in every published ResNet; smaller
+        values give proportionally narrower, ~quadratically cheaper networks for tests and CPU demos).
       width_multipliers: the widths of conv2_x..conv5_x's units as multiples of base_width; () is the standard
-        (1, 2, 4, 8). A narrower conv5_x, (1, 2, 4, 4) say, is the cheaper network at output strides 8 and 16,
-        where conv5_x runs on conv4_x's grid at 4x its cost per channel.
+        (1, 2, 4, 8). At output strides 8 and 16 conv5_x runs on conv4_x's grid with twice its channels, so at
+        four times its cost: a narrower conv5_x, (1, 2, 4, 4) say, is the cheaper network there.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
       stages: how many of conv2_x..conv5_x to run (3: up to block3, for a detector that runs conv5_x per RoI).
       frozen_stages: Detectron2's FREEZE_AT: 0 trains everything, 1 freezes the stem, 2 the stem and conv2_x, and
