@@ -127,7 +127,8 @@ def backbone_step(setup: dict[str, Any], repeats: int) -> tuple[float, float | N
     model, optimizer, mesh = setup["model"], setup["optimizer"], setup["mesh"]
     backbone = ResNet(depth=model.depth, output_stride=model.output_stride, stride_on=model.stride_on,
                       conv_bias=model.conv_bias, bn_frozen=model.bn_frozen, bn_momentum=model.bn_momentum,
-                      bn_epsilon=model.bn_epsilon, base_width=model.base_width, dtype=DTYPES[model.dtype])
+                      bn_epsilon=model.bn_epsilon, base_width=model.base_width,
+                      width_multipliers=model.width_multipliers, dtype=DTYPES[model.dtype])
 
     def step(params: Any, batch_stats: Any, opt_state: Any, crops: jax.Array) -> tuple:
         def loss(p: Any) -> tuple[jax.Array, Any]:

@@ -31,3 +31,17 @@ def test_voting_benchmark_records_exact_implementations_and_sparse_error(tmp_pat
     assert sparse[0]["people"] == 12 and sparse[0]["keypoints"] == 204
     assert sparse[0]["moved_fraction"] >= sparse[1]["moved_fraction"]
     assert record["machine"]["cpu"] and record["code"]["commit"]
+
+
+def test_train_step_benchmark_times_the_configured_backbone(monkeypatch):
+    """The bare-backbone step of benchmarks/train_step.py builds the config's ResNet (the demo's conv5_x at half
+    width included): it takes the keypoint network's backbone parameters as they are."""
+    from test_train import tiny_config
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_step
+
+    config = tiny_config()
+    assert tuple(config.model.width_multipliers) == (1, 2, 4, 4)
+    seconds, _ = train_step.backbone_step(train_step.make_setup(config, 2), repeats=1)
+    assert seconds > 0
