@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hvpose.models.resnet import ResNet, stage_strides_and_dilations, stage_width
+from hvpose.models.detector import FasterRCNN
+from hvpose.models.keypoint_net import KeypointNet
+from hvpose.models.resnet import ResNet, canonical_multipliers, stage_strides_and_dilations, stage_width
 
 
 def randomize_batch_stats(variables, seed=1):
@@ -96,3 +98,23 @@ def test_width_multipliers_set_each_stages_width_and_default_to_the_standard(dep
 def test_bad_width_multipliers_are_a_clear_error(widths):
     with pytest.raises(ValueError, match="width_multipliers must be"):
         ResNet(depth=18, width_multipliers=widths).init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
+
+
+def test_a_basic_conv2_x_wider_than_the_stem_projects_its_shortcut():
+    # Standard basic blocks keep the stem's channels through conv2_x (an identity shortcut); a wider conv2_x needs the
+    # projection that every other stage's first unit has.
+    images = jnp.zeros((1, 33, 33, 3))
+    standard = ResNet(depth=18, output_stride=32, base_width=8).init(jax.random.key(0), images)["params"]
+    wider_resnet = ResNet(depth=18, output_stride=32, base_width=8, width_multipliers=(2, 2, 4, 8))
+    wider, variables = wider_resnet.init_with_output(jax.random.key(0), images)
+    assert "shortcut_conv" not in standard["block1_unit1"]
+    assert variables["params"]["block1_unit1"]["shortcut_conv"]["kernel"].shape == (1, 1, 8, 16)
+    assert wider["block1"].shape[-1] == 16
+
+
+def test_the_standard_widths_have_one_spelling():
+    assert canonical_multipliers(()) == canonical_multipliers([1, 2, 4, 8]) == ()
+    assert canonical_multipliers([1, 2, 4, 4]) == (1, 2, 4, 4)  # a list, as read from json
+    assert KeypointNet(width_multipliers=[1, 2, 4, 8]).width_multipliers == ()
+    assert FasterRCNN(width_multipliers=[1, 2, 4, 4]).width_multipliers == (1, 2, 4, 4)
+    hash(KeypointNet(width_multipliers=[1, 2, 4, 4]))  # modules hash (jit's static arguments)

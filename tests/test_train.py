@@ -332,10 +332,17 @@ def test_resuming_with_another_worker_count_or_model_is_refused_but_a_finished_r
     assert (tmp_path / "run" / "checkpoints" / "config.json").read_text() == saved_config  # nor wrote its config
     config.data.worker_count, config.train.steps = 0, 3
     config.model.width_multipliers = (1, 2, 4, 2)
-    with pytest.raises(ConfigError, match=r"was trained with config.model.width_multipliers=\[1, 2, 4, 4\] \(given "
-                                          r"\(1, 2, 4, 2\)\): its checkpoints resume only into that model"):
+    with pytest.raises(ConfigError, match=r"/3 does not fit this model \(batch_stats.backbone.block4_unit1.bn1.mean is "
+                                          r"\(32,\) there, \(16,\) here\); it was trained with "
+                                          r"config.model.width_multipliers=\[1, 2, 4, 4\] \(given \(1, 2, 4, 2\)\)"):
         train(config, workdir)
     assert (tmp_path / "run" / "checkpoints" / "config.json").read_text() == saved_config
+    # Settings that leave every shape alone still resume.
+    config.model.width_multipliers, config.model.bn_momentum = (1, 2, 4, 4), 0.8
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hvpose.train"):
+        assert_states_close(state_leaves(train(config, workdir)), trained, tol=0)
+    assert resumed_from(caplog) == [3]
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):

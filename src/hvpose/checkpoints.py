@@ -25,6 +25,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decis
 from hvpose import sharding
 from hvpose.errors import ConfigError
 from hvpose.keypoints import KeypointSet
+from hvpose.models.resnet import canonical_multipliers
 from hvpose.paths import resolve_workdir
 
 CONFIG_FILE = "config.json"
@@ -65,6 +66,14 @@ class Checkpointer:
             return int(json.loads(path.read_text())["worker_count"])
         return None
 
+    def stored_shapes(self, step: int, parts: tuple[str, ...] = ("params", "batch_stats")
+                      ) -> dict[str, tuple[int, ...]]:
+        """The shapes of the arrays under `parts` of checkpoint `step`'s state, by dotted path (`array_paths`), from
+        its metadata: no array is read."""
+        with ocp.StandardCheckpointer() as reader:
+            tree = reader.metadata(str(epath.Path(self.directory) / str(step) / "state")).item_metadata
+        return {path: tuple(leaf.shape) for path, leaf in array_paths(tree).items() if path.split(".")[0] in parts}
+
     def restore_latest(self, abstract_state: Any, mesh: jax.sharding.Mesh,
                        data_iterator: grain.DataLoaderIterator | None) -> Any | None:
         """The newest checkpoint's state placed replicated on `mesh` (and the iterator moved), or None."""
@@ -93,6 +102,18 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def array_paths(tree: Any) -> dict[str, Any]:
+    """The leaves of a pytree of dicts or dataclasses (a train state, a checkpoint's metadata) by dotted path
+    (`params.backbone.stem_conv.kernel`)."""
+    def name(key: Any) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+
+    return {".".join(name(key) for key in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -219,9 +240,14 @@ def model_differences(checkpoint_dir: str, model: Any) -> str:
     "config.model.FIELD=SAVED (given GIVEN), ..." ("" when they agree or no config was saved)."""
     try:
         saved, _ = read_config(checkpoint_dir)
-    except FileNotFoundError:
+    except (FileNotFoundError, KeyError, ValueError):  # none saved, or not one this version can read
         return ""
-    normalise = lambda value: list(value) if isinstance(value, tuple | list) else value  # noqa: E731
+
+    def normalise(field: str, value: Any) -> Any:
+        if field == "width_multipliers":  # () and (1, 2, 4, 8) are the same widths
+            return list(canonical_multipliers(value))
+        return list(value) if isinstance(value, tuple | list) else value
+
     return ", ".join(f"config.model.{field}={value!r} (given {getattr(model, field)!r})"
                      for field, value in saved.model.to_dict().items()
-                     if hasattr(model, field) and normalise(getattr(model, field)) != normalise(value))
+                     if hasattr(model, field) and normalise(field, getattr(model, field)) != normalise(field, value))

@@ -257,13 +257,20 @@ def _check_same_task(checkpoint_dir: str, task_name: str) -> None:
                           f"{task_name}: use another --workdir")
 
 
-def _check_same_model(checkpoint_dir: str, model: Any) -> None:
-    """Refuses to resume into a model of other settings than the checkpoint's (a `make demo` re-run over a workdir
-    of an older demo, say), in one line naming them, instead of failing deep inside the restore."""
-    differences = checkpoints.model_differences(checkpoint_dir, model)
-    if differences:
-        raise ConfigError(f"{checkpoint_dir} was trained with {differences}: its checkpoints resume only into that "
-                          "model; use another --workdir (or remove this one), or give those settings")
+def _check_checkpoint_fits(manager: checkpoints.Checkpointer, step: int, abstract: TrainState, model: Any) -> None:
+    """Refuses, in one line and before anything is read or written, a checkpoint whose parameters do not fit this
+    model (a `make demo` re-run over an older demo's workdir, say), naming the settings it was trained with; orbax
+    would fail deep inside the restore. Settings that leave the shapes alone (compute dtype, NMS sizes) resume."""
+    stored = manager.stored_shapes(step)
+    wanted = {path: tuple(leaf.shape) for path, leaf in checkpoints.array_paths(
+        {"params": abstract.params, "batch_stats": abstract.batch_stats}).items()}
+    if stored == wanted:
+        return
+    misfit = next(path for path in sorted({*stored, *wanted}) if stored.get(path) != wanted.get(path))
+    differences = checkpoints.model_differences(manager.directory, model) or "other model settings"
+    raise ConfigError(f"{manager.directory}/{step} does not fit this model ({misfit} is {stored.get(misfit)} there, "
+                      f"{wanted.get(misfit)} here); it was trained with {differences}: use another --workdir (or "
+                      "remove this one), or give those settings")
 
 
 def _check_same_worker_count(manager: checkpoints.Checkpointer, step: int, worker_count: int) -> None:
@@ -323,7 +330,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _check_same_task(manager.directory, task_name)
         latest = manager.latest_step()
         if latest is not None:
-            _check_same_model(manager.directory, model)
+            _check_checkpoint_fits(manager, latest, abstract, model)
         # A finished run (re-run to evaluate, or after `make demo` changed its worker count) needs no data position.
         resumes_data = latest is not None and latest < config.train.steps
         if resumes_data:

@@ -29,7 +29,7 @@ import numpy as np
 
 from hvpose.models.keypoint_net import DTYPES
 from hvpose.models.preprocess import check_preprocess, preprocess
-from hvpose.models.resnet import ResNet, check_width_multipliers, stage_strides_and_dilations, stage_units, stage_width
+from hvpose.models.resnet import ResNet, canonical_multipliers, stage_strides_and_dilations, stage_units, stage_width
 from hvpose.ops import boxes as box_ops
 from hvpose.ops.anchors import grid_anchors
 from hvpose.ops.matching import balanced_sample, match
@@ -167,9 +167,8 @@ class FasterRCNN(nn.Module):
     roi_align_method: str = "gather"
 
     def __post_init__(self) -> None:
-        # A list when read from json, and modules must hash.
-        object.__setattr__(self, "width_multipliers", tuple(self.width_multipliers))
-        check_width_multipliers(self.width_multipliers)
+        # One spelling of the standard widths, and a tuple (hashable) where a config read from json holds a list.
+        object.__setattr__(self, "width_multipliers", canonical_multipliers(self.width_multipliers))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.head not in HEADS:

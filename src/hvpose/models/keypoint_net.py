@@ -23,7 +23,7 @@ import numpy as np
 
 from hvpose.keypoints import COCO17
 from hvpose.models.preprocess import check_preprocess, preprocess
-from hvpose.models.resnet import ResNet, check_width_multipliers
+from hvpose.models.resnet import ResNet, canonical_multipliers
 from hvpose.ops.upsample import upsample_to_map_stride
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -98,9 +98,8 @@ class KeypointNet(nn.Module):
 
     def __post_init__(self) -> None:
         # Bad settings fail when the network is built, not at its first call deep inside jit.
-        # A list when read from json, and modules must hash.
-        object.__setattr__(self, "width_multipliers", tuple(self.width_multipliers))
-        check_width_multipliers(self.width_multipliers)
+        # One spelling of the standard widths, and a tuple (hashable) where a config read from json holds a list.
+        object.__setattr__(self, "width_multipliers", canonical_multipliers(self.width_multipliers))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         check_preprocess(self.preprocess)

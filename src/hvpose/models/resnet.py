@@ -130,6 +130,14 @@ def stage_width(stage: int, base_width: int, width_multipliers: Sequence[int] = 
     return base_width * int((width_multipliers or STANDARD_MULTIPLIERS)[stage])
 
 
+def canonical_multipliers(width_multipliers: Sequence[int]) -> tuple[int, ...]:
+    """`width_multipliers` in one spelling, for comparisons and hashing: () for the standard widths however given
+    (`()`, `(1, 2, 4, 8)`, a list read from json), else a tuple of ints."""
+    check_width_multipliers(width_multipliers)
+    multipliers = tuple(int(m) for m in width_multipliers)
+    return () if multipliers == STANDARD_MULTIPLIERS else multipliers
+
+
 def check_width_multipliers(width_multipliers: Sequence[int]) -> None:
     """Raises ValueError unless `width_multipliers` is empty (the standard (1, 2, 4, 8)) or four positive
     integers."""

@@ -17,6 +17,7 @@ from typing import Any
 from etils import epath
 
 from hvpose.errors import ConfigError
+from hvpose.models.resnet import canonical_multipliers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _workdir_family(path: str) -> BackboneFamily:
     from hvpose.checkpoints import read_config
 
     model = read_config(str(epath.Path(path) / "checkpoints"))[0].model
-    width_multipliers = tuple(model.get("width_multipliers", ()))  # configs saved before the field: the standard
+    width_multipliers = canonical_multipliers(model.get("width_multipliers", ()))  # older configs: the standard
     widths = f", width multipliers {width_multipliers}" if width_multipliers else ""
     return BackboneFamily(f"hvpose checkpoint ({model.depth}-layer, base width {model.base_width}{widths})",
                           stride_on=model.stride_on, conv_bias=model.conv_bias, preprocess=model.preprocess,
@@ -93,8 +94,8 @@ FIELDS = ("depth", "base_width", "width_multipliers", "stride_on", "conv_bias", 
 def check_backbone_matches(path: str | os.PathLike[str], model_config: Mapping[str, Any]) -> BackboneFamily:
     """The family of `path`; raises ConfigError naming every `config.model` field the weights cannot work with."""
     family = backbone_family(path)
-    def given(name: str) -> Any:  # multipliers compare as tuples (a config read from json holds a list)
-        return tuple(model_config[name]) if name == "width_multipliers" else model_config[name]
+    def given(name: str) -> Any:  # () and (1, 2, 4, 8) are the same widths; a config read from json holds a list
+        return canonical_multipliers(model_config[name]) if name == "width_multipliers" else model_config[name]
 
     wrong = [f"config.model.{name}={getattr(family, name)!r}" for name in FIELDS
              if getattr(family, name) is not None and name in model_config and given(name) != getattr(family, name)]
