@@ -66,14 +66,6 @@ class Checkpointer:
             return int(json.loads(path.read_text())["worker_count"])
         return None
 
-    def stored_shapes(self, step: int, parts: tuple[str, ...] = ("params", "batch_stats")
-                      ) -> dict[str, tuple[int, ...]]:
-        """The shapes of the arrays under `parts` of checkpoint `step`'s state, by dotted path (`array_paths`), from
-        its metadata: no array is read."""
-        with ocp.StandardCheckpointer() as reader:
-            tree = reader.metadata(str(epath.Path(self.directory) / str(step) / "state")).item_metadata
-        return {path: tuple(leaf.shape) for path, leaf in array_paths(tree).items() if path.split(".")[0] in parts}
-
     def restore_latest(self, abstract_state: Any, mesh: jax.sharding.Mesh,
                        data_iterator: grain.DataLoaderIterator | None) -> Any | None:
         """The newest checkpoint's state placed replicated on `mesh` (and the iterator moved), or None."""
@@ -104,16 +96,29 @@ class Checkpointer:
         self._manager.close()
 
 
-def array_paths(tree: Any) -> dict[str, Any]:
-    """The leaves of a pytree of dicts or dataclasses (a train state, a checkpoint's metadata) by dotted path
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    """The shapes of a pytree's leaves (arrays, shape structs or orbax metadata) by dotted path
     (`params.backbone.stem_conv.kernel`)."""
-    def name(key: Any) -> str:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                return str(getattr(key, attribute))
-        return str(key)
+    return {".".join(str(getattr(key, "key", key)) for key in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
-    return {".".join(name(key) for key in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+def variables_misfit(checkpoint_dir: str, step: int, variables: dict[str, Any], exact: bool = True) -> str:
+    """"" when checkpoint `step` holds `variables`' arrays (its `params` and `batch_stats`: arrays or shapes) at
+    their shapes, else the first that differs, as "PATH is SAVED there, GIVEN here". With `exact`, arrays the
+    checkpoint holds beyond them differ too (a whole state restores only into the same tree). Only the
+    checkpoint's metadata is read, so a model of other settings is refused before orbax fails inside a restore."""
+    manager = ocp.CheckpointManager(checkpoint_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        saved = manager.item_metadata(step)["state"]
+    finally:
+        manager.close()
+    stored = _shapes_by_path({kind: saved.get(kind, {}) for kind in variables})
+    wanted = _shapes_by_path(variables)
+    paths = sorted({*wanted, *stored} if exact else wanted)
+    misfit = next((path for path in paths if stored.get(path) != wanted.get(path)), None)
+    return "" if misfit is None else f"{misfit} is {stored.get(misfit)} there, {wanted.get(misfit)} here"
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -190,16 +195,13 @@ def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[in
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *crop_size, 3), jnp.uint8)))
         replicated = sharding.replicated(mesh or sharding.make_mesh())
         target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+        # Shapes that do not fit: the model settings that differ, in one line (the rest of the state is not read).
+        if misfit := variables_misfit(checkpoint_dir, step, target, exact=False):
+            raise ConfigError(f"{checkpoint_dir}: its parameters do not fit the given model ({misfit}); it was "
+                              f"trained with {model_differences(checkpoint_dir, model) or 'other model settings'}")
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=replicated), target)
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
-        except ValueError as error:  # shapes that do not fit: name the model settings that differ, in one line
-            differences = model_differences(checkpoint_dir, model)
-            if not differences:
-                raise
-            raise ConfigError(f"{checkpoint_dir}: its parameters do not fit the given model ("
-                              f"{str(error).split('. ')[0]}); it was trained with {differences}") from None
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
     finally:
         manager.close()
     return dict(restored["state"]), step

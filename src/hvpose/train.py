@@ -261,16 +261,12 @@ def _check_checkpoint_fits(manager: checkpoints.Checkpointer, step: int, abstrac
     """Refuses, in one line and before anything is read or written, a checkpoint whose parameters do not fit this
     model (a `make demo` re-run over an older demo's workdir, say), naming the settings it was trained with; orbax
     would fail deep inside the restore. Settings that leave the shapes alone (compute dtype, NMS sizes) resume."""
-    stored = manager.stored_shapes(step)
-    wanted = {path: tuple(leaf.shape) for path, leaf in checkpoints.array_paths(
-        {"params": abstract.params, "batch_stats": abstract.batch_stats}).items()}
-    if stored == wanted:
-        return
-    misfit = next(path for path in sorted({*stored, *wanted}) if stored.get(path) != wanted.get(path))
-    differences = checkpoints.model_differences(manager.directory, model) or "other model settings"
-    raise ConfigError(f"{manager.directory}/{step} does not fit this model ({misfit} is {stored.get(misfit)} there, "
-                      f"{wanted.get(misfit)} here); it was trained with {differences}: use another --workdir (or "
-                      "remove this one), or give those settings")
+    misfit = checkpoints.variables_misfit(manager.directory, step, {"params": abstract.params,
+                                                                    "batch_stats": abstract.batch_stats})
+    if misfit:
+        differences = checkpoints.model_differences(manager.directory, model) or "other model settings"
+        raise ConfigError(f"{manager.directory}/{step} does not fit this model ({misfit}); it was trained with "
+                          f"{differences}: use another --workdir (or remove this one), or give those settings")
 
 
 def _check_same_worker_count(manager: checkpoints.Checkpointer, step: int, worker_count: int) -> None:
