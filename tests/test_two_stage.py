@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hvpose.detector import BOX_STAT_NAMES
+from hvpose.errors import ConfigError
 from hvpose.evaluate import STAT_NAMES
 from test_main import TINY, run_main
 
@@ -62,6 +63,8 @@ def test_detector_then_keypoints_on_its_boxes(tmp_path):
     from hvpose.data.images import decode_image, read_image_file
 
     predictor = hvpose.Predictor.from_checkpoint(str(keypoints), detector=str(detector))
+    with pytest.raises(ConfigError, match="holds a person detector, not a keypoint network: give it as the detector"):
+        hvpose.Predictor.from_checkpoint(str(detector))  # the detector's workdir given as the keypoint weights
     image_file = sorted((tmp_path / "data" / "images").iterdir())[0]
     boxes = predictor.box_source(decode_image(read_image_file(image_file)))
     assert boxes.ndim == 2 and boxes.shape[1] == 5 and (np.diff(boxes[:, 4]) <= 0).all()  # best first

@@ -25,6 +25,7 @@ import numpy as np
 
 from hvpose import visualize
 from hvpose.data.images import decode_image, read_image_file
+from hvpose.errors import ConfigError
 from hvpose.inference import BoxSource, InferenceSettings, Pipeline, PredictedPerson, as_boxes
 from hvpose.keypoints import COCO17, KeypointSet
 
@@ -86,6 +87,9 @@ class Predictor:
         if not (directory / checkpoints.CONFIG_FILE).exists():
             raise FileNotFoundError(f"{path}: no hvpose checkpoint folder ({checkpoints.CONFIG_FILE} not found)")
         config, keypoint_set = checkpoints.read_config(os.fspath(directory))
+        if config.get("task", "keypoints") != "keypoints":
+            raise ConfigError(f"{path} holds a person detector, not a keypoint network: give it as the detector "
+                              "(--detector, or detector=) and a keypoint network's workdir as the weights")
         model = KeypointNet(num_keypoints=keypoint_set.num_keypoints, **config.model)
         crop = check_crop_size(**config.crop, output_stride=model.output_stride)
         variables, _ = checkpoints.restore_model_variables(os.fspath(directory), model, crop, step)
@@ -228,16 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = load_predictor(args.weights, args.detector)
         boxes = None
         if args.boxes:
-            boxes = read_boxes(args.boxes, args.image_id)
+            try:
+                boxes = read_boxes(args.boxes, args.image_id)
+            except (KeyError, TypeError) as error:  # a boxes file of the wrong shape
+                raise ValueError(f"{args.boxes}: not a list of boxes or detections ({error!r})") from None
             boxes = boxes[boxes[:, 4] >= args.min_box_score]
         people = predictor(args.image, boxes)
         min_score = predictor.draw_min_score if args.draw_min_score is None else args.draw_min_score
         visualize.save_png(args.out, predictor.draw(args.image, people, min_score=min_score))
     except (OSError, ValueError, *USER_ERRORS) as error:
         print(f"hvpose: error: {error}", file=sys.stderr)
-        return 1
-    except (KeyError, TypeError) as error:  # a boxes file of the wrong shape
-        print(f"hvpose: error: {args.boxes}: not a list of boxes or detections ({error!r})", file=sys.stderr)
         return 1
     for person in people:
         print(json.dumps({"box": [round(v, 1) for v in person.box], "score": round(person.score, 4),
