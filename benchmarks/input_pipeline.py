@@ -12,6 +12,10 @@ Three parts, all in one run:
   3. End to end: `train_loader` batches of 16 with 0 (in-process), 1 and 2 worker processes: the seconds to the
      first batch (a worker process's start-up: it imports grain, JAX and TFDS) and the crops per second after it;
      crops per second per worker is the throughput divided by max(workers, 1).
+  4. Read options, in-process (the demo's `worker_count` 0): grain's default 16 reading threads with 500 records
+     ahead against reading in place (`config.data.read_threads` / `read_buffer` 0) and one thread 16 ahead; wall
+     and CPU milliseconds per batch of 16 (the CPU time of all of this process's threads: on a machine whose cores
+     the train step keeps busy, that is what a batch costs the step), median of interleaved rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tempfile
 import time
 from typing import Any
 
+import grain
 import numpy as np
 from PIL import Image
 
@@ -134,6 +139,33 @@ def loader_throughput(prepared: Any, workers: int, crops: int, batch: int = 16) 
     return first_batch, seen / seconds
 
 
+READ_OPTIONS = {
+    "grain's default: 16 threads, 500 ahead (baseline)": None,
+    "in place: 0 threads (the demo's)": grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),
+    "1 thread, 16 ahead": grain.ReadOptions(num_threads=1, prefetch_buffer_size=16),
+}
+
+
+def read_option_costs(prepared: Any, crops: int, rounds: int = 3, batch: int = 16) -> dict[str, dict[str, float]]:
+    """Section 4: {form: wall and CPU seconds per batch, CPU time against the baseline's}, in-process."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in READ_OPTIONS}
+    for _ in range(rounds):  # interleaved, so drift hits every form alike
+        for name, options in READ_OPTIONS.items():
+            iterator = iter(train_loader(prepared, batch, seed=0, read_options=options))
+            next(iterator)  # the buffer filled once, as in training
+            count = max(crops // batch, 1)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                next(iterator)
+            times[name].append(((time.perf_counter() - wall) / count, (time.process_time() - cpu) / count))
+            close_loader(iterator)
+    base_cpu = np.array([cpu for _, cpu in times[next(iter(READ_OPTIONS))]])
+    return {name: {"wall_seconds_per_batch": float(np.median([wall for wall, _ in rows])),
+                   "cpu_seconds_per_batch": float(np.median([cpu for _, cpu in rows])),
+                   "cpu_vs_baseline": float(np.median(np.array([cpu for _, cpu in rows]) / base_cpu))}
+            for name, rows in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sample = REPO.parent / "shared" / "data" / "coco_sample"
@@ -155,6 +187,7 @@ def main() -> None:
         }
         libraries = library_times(persons, max(args.crops // 2, 20))
         loaders = {workers: loader_throughput(prepared, workers, args.crops) for workers in (0, 1, 2)}
+        read_options = read_option_costs(prepared, args.crops)
 
     print(f"Input pipeline on {len(persons)} persons from {args.annotations} "
           f"({machine['cpu']}, {machine['cores']} cores)")
@@ -171,6 +204,10 @@ def main() -> None:
     print(f"\n{'train_loader workers':24} {'first batch s':>13} {'crops/s':>8} {'per worker':>10}")
     for workers, (first_batch, rate) in loaders.items():
         print(f"{workers:<24} {first_batch:13.2f} {rate:8.1f} {rate / max(workers, 1):10.1f}")
+    print(f"\n{'read options, in-process (ms per batch of 16)':52} {'wall':>6} {'CPU':>6} {'CPU vs default':>14}")
+    for name, row in read_options.items():
+        print(f"{name:52} {1e3 * row['wall_seconds_per_batch']:6.1f} {1e3 * row['cpu_seconds_per_batch']:6.1f} "
+              f"{row['cpu_vs_baseline']:13.2f}x")
     results = {
         "benchmark": "input_pipeline", "machine": machine, "config": vars(args) | {"out": str(out)},
         "persons": len(persons),
@@ -180,6 +217,7 @@ def main() -> None:
         "loader_first_batch_seconds": {str(w): first for w, (first, _) in loaders.items()},
         "loader_crops_per_second": {str(w): rate for w, (_, rate) in loaders.items()},
         "loader_crops_per_second_per_worker": {str(w): rate / max(w, 1) for w, (_, rate) in loaders.items()},
+        "read_options_in_process": read_options,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -40,6 +40,7 @@ def test_an_old_demo_config_upgrades_to_todays_layout(tmp_path):
     assert config.model.dtype == "float32" and config.inference.decoder == "hough"
     assert tuple(config.data.augment.enlarge) == (1.0, 1.5) and config.loss.unlabelled == "negative"
     assert config.model.width_multipliers == []  # the standard widths it was trained with, not today's demo's
+    assert (config.data.read_threads, config.data.read_buffer) == (16, 500)  # grain's defaults, not the demo's 0
     # Every section still goes straight to what it configures.
     assert KeypointNet(num_keypoints=keypoint_set.num_keypoints, **config.model).depth == 18
     assert InferenceSettings(**config.inference).flip_test
@@ -57,11 +58,13 @@ def test_a_detector_config_from_before_zoom_and_soft_nms_gets_neither():
     older = json.loads(json.dumps(today))
     del older["data"]["augment"]["zoom"]
     del older["model"]["width_multipliers"]
+    del older["data"]["read_threads"], older["data"]["read_buffer"]
     for field in ("nms_method", "soft_nms_sigma", "vote_iou"):
         del older["inference"][field]
     upgraded = upgrade_config(older)
     assert upgraded["data"]["augment"] == {**today["data"]["augment"], "zoom": [1.0, 1.0]}
     assert upgraded["model"] == {**today["model"], "width_multipliers": []}  # the standard widths
+    assert (upgraded["data"]["read_threads"], upgraded["data"]["read_buffer"]) == (16, 500)  # grain's defaults
     assert upgraded["inference"] == {**today["inference"], "nms_method": "greedy", "soft_nms_sigma": 0.5,
                                      "vote_iou": 0.0}
 

@@ -7,15 +7,27 @@ import sys
 import textwrap
 
 import cv2
+import grain
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from hvpose.data.augment import Augmentation
 from hvpose.data.coco import load_detections
 from hvpose.data.crops import apply_transform
-from hvpose.data.pipeline import EvalCrop, TrainCrop, TrainPersons, close_loader, eval_loader, gt_boxes, train_loader
+from hvpose.data.pipeline import (
+    EvalCrop,
+    TrainCrop,
+    TrainPersons,
+    close_loader,
+    data_read_options,
+    eval_loader,
+    gt_boxes,
+    train_loader,
+)
 from hvpose.data.tfds_coco import prepare
+from hvpose.errors import ConfigError
 from hvpose.keypoints import COCO17
 from hvpose.sharding import global_batch
 from test_crops import centroid
@@ -212,6 +224,29 @@ def test_restored_iterator_yields_the_same_next_batch(coco):
         np.testing.assert_array_equal(got[key], expected[key])
     other_seed = next(iter(train_loader(coco, 4, seed=6)))
     assert not np.array_equal(other_seed["person_id"], next(iter(train_loader(coco, 4, seed=5)))["person_id"])
+
+
+def test_read_threads_change_no_batch_and_a_position_resumes_across_them(coco):
+    augment = Augmentation(rotation=40, scale_jitter=0.3, color_jitter=0.4)  # every element draws random numbers
+    in_place = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # the demo's: records read where decoded
+    threaded = iter(train_loader(coco, 4, seed=2, augment=augment))  # grain's 16 threads, 500 records ahead
+    unthreaded = iter(train_loader(coco, 4, seed=2, augment=augment, read_options=in_place))
+    for _ in range(3):  # past the end of the first epoch (8 persons)
+        expected, got = next(threaded), next(unthreaded)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key])
+    resumed = iter(train_loader(coco, 4, seed=2, augment=augment, read_options=in_place))
+    resumed.set_state(threaded.get_state())  # a checkpoint of a run with grain's defaults, resumed with the demo's
+    np.testing.assert_array_equal(next(resumed)["image"], next(threaded)["image"])
+
+
+def test_read_options_come_from_the_config_and_a_bad_value_is_one_line():
+    data = ml_collections.ConfigDict({"read_threads": 0, "read_buffer": 0})
+    options = data_read_options(data)
+    assert (options.num_threads, options.prefetch_buffer_size) == (0, 0)
+    data.read_threads = -1
+    with pytest.raises(ConfigError, match=r"^config.data.read_threads / read_buffer: .*non-negative"):
+        data_read_options(data)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO
 from hvpose import checkpoints, sharding
-from hvpose.configs import demo
+from hvpose.configs import demo, detector_demo
 from hvpose.errors import ConfigError
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.train import (
@@ -301,6 +301,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, uninterrupted, 
         assert int(state.step) == 3 and resumed_from(caplog) == []
         assert sorted(os.listdir(os.path.join(stopped, "checkpoints"))) == ["3", "config.json"]
         caplog.clear()
+        config.data.read_threads, config.data.read_buffer = 16, 500  # grain's defaults: the same batches follow
         state = train(config, stopped)
         assert resumed_from(caplog) == [3]
     straight, resumed = logged(straight_dir), logged(stopped)
@@ -343,6 +344,17 @@ def test_resuming_with_another_worker_count_or_model_is_refused_but_a_finished_r
     with caplog.at_level(logging.WARNING, logger="hvpose.train"):
         assert_states_close(state_leaves(train(config, workdir)), trained, tol=0)
     assert resumed_from(caplog) == [3]
+
+
+@pytest.mark.parametrize("config_module", [demo, detector_demo], ids=["keypoints", "detection"])
+def test_the_read_options_reach_the_training_loader(tmp_path, config_module):
+    config = config_module.get_config()
+    config.data.synthetic.num_train, config.data.synthetic.num_val = 4, 2
+    config.data.read_buffer = -1
+    config.train.steps = 1  # short should the check be lost
+    with pytest.raises(ConfigError, match=r"^config.data.read_threads / read_buffer: .*non-negative"):
+        train(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):

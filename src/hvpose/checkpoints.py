@@ -132,11 +132,13 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
       `data.synthetic.root` are empty;
     - fields added since (`model.bn_epsilon`, `model.frozen_stages`, `train.schedule`, `loss.unlabelled`, the decoder,
       `data.augment.shift_jitter`, `eval.draw_min_score`; the detector's `data.augment.zoom` and
-      `inference.nms_method`, `soft_nms_sigma`, `vote_iou`; both tasks' `model.width_multipliers`) get the value that
-      older versions used implicitly.
+      `inference.nms_method`, `soft_nms_sigma`, `vote_iou`; both tasks' `model.width_multipliers`, `data.read_threads`
+      and `data.read_buffer`) get the value that older versions used implicitly.
     """
     config = copy.deepcopy(saved)
     config["model"].setdefault("width_multipliers", [])
+    config["data"].setdefault("read_threads", 16)  # grain's defaults
+    config["data"].setdefault("read_buffer", 500)
     if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
         config["data"]["augment"].setdefault("zoom", [1.0, 1.0])
         for field, value in (("nms_method", "greedy"), ("soft_nms_sigma", 0.5), ("vote_iou", 0.0)):

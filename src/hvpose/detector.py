@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -33,7 +34,7 @@ from hvpose import checkpoints, sharding, visualize
 from hvpose.data.coco import Detection
 from hvpose.data.detection import canvas_to_image, detection_eval_loader, detection_train_loader, prepare_image
 from hvpose.data.images import decode_image
-from hvpose.data.pipeline import close_loader
+from hvpose.data.pipeline import close_loader, data_read_options
 from hvpose.data.splits import prepare_split
 from hvpose.data.tfds_coco import PreparedDataset
 from hvpose.detector_targets import check_loss_settings, detector_loss
@@ -96,7 +97,8 @@ def training_task(config: ml_collections.ConfigDict, prepared: PreparedDataset) 
                         global_batch_size=config.train.batch_size, seed=config.seed, canvas_size=canvas,
                         max_boxes=config.data.max_boxes, flip=config.data.augment.flip,
                         zoom=tuple(config.data.augment.zoom),
-                        worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+                        worker_count=config.data.worker_count, max_pixels=config.data.max_pixels,
+                        read_options=data_read_options(config.data))
     objective = functools.partial(detector_objective, loss_settings=loss_settings, seed=config.seed)
     return Task(model, canvas, objective, loader, "images", ("rpn_class_loss", "rpn_box_loss", "head_class_loss",
                                                               "head_box_loss"))
@@ -173,11 +175,12 @@ class Detector:
                 for batch in batches for image_id, boxes in self.boxes_in_batch(batch) for box in boxes]
 
     def dataset_detections(self, prepared: PreparedDataset, worker_count: int = 0,
-                           max_pixels: int | None = None) -> list[Detection]:
+                           max_pixels: int | None = None,
+                           read_options: grain.ReadOptions | None = None) -> list[Detection]:
         """The boxes of every image of a prepared split (one pass of the evaluation loader)."""
         options = {} if max_pixels is None else {"max_pixels": max_pixels}
         loader, _ = detection_eval_loader(prepared, self.batch_size, canvas_size=self.canvas_size, max_boxes=1,
-                                          worker_count=worker_count, **options)
+                                          worker_count=worker_count, read_options=read_options, **options)
         batches = iter(loader)
         try:
             return self.run(batches)
@@ -251,7 +254,8 @@ def evaluate_detector(config: ml_collections.ConfigDict, workdir: str, variables
                           f"{jax.device_count()} devices")
     detector = Detector(build_model(config), variables, tuple(config.data.canvas_size),
                         configured(DetectionSettings, config.inference, "inference"), config.eval.batch_size)
-    detections = detector.dataset_detections(prepared, config.data.worker_count, config.data.max_pixels)
+    detections = detector.dataset_detections(prepared, config.data.worker_count, config.data.max_pixels,
+                                             data_read_options(config.data))
     results = to_coco_detections(detections, prepared.dataset.category_id)
     stats = coco_box_evaluate(prepared.dataset.raw, results)
     stats["step"] = int(step)

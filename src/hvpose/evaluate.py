@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -23,7 +24,7 @@ from hvpose import checkpoints, visualize
 from hvpose.data.coco import Detection, load_detections
 from hvpose.data.crops import check_crop_size
 from hvpose.data.images import decode_image
-from hvpose.data.pipeline import close_loader, eval_loader, gt_boxes
+from hvpose.data.pipeline import close_loader, data_read_options, eval_loader, gt_boxes
 from hvpose.data.splits import prepare_split
 from hvpose.data.tfds_coco import PreparedDataset
 from hvpose.errors import ConfigError, DataError, configured
@@ -77,7 +78,8 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], s
 
 
 def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score: float = 0.0,
-                  detector_workdir: str = "", worker_count: int = 0, posenet_tfjs: str = "") -> list[Detection]:
+                  detector_workdir: str = "", worker_count: int = 0, posenet_tfjs: str = "",
+                  max_pixels: int | None = None, read_options: grain.ReadOptions | None = None) -> list[Detection]:
     """The boxes to evaluate: "gt" (ground-truth persons with keypoints, score 1), "detector" (the person detector
     trained in `detector_workdir`, run over the split), "posenet" (the people PoseNet's own multi-person decoding
     finds with the weights of `posenet_tfjs`), a COCO detection-results json, or a box source called on every
@@ -98,7 +100,8 @@ def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score:
             raise ConfigError("config.data.val.boxes is 'detector' but config.data.val.detector_workdir is empty "
                               "(the workdir of a trained detector, e.g. one trained with configs/detector_demo.py)")
         detector = Detector.from_workdir(detector_workdir)
-        return [d for d in detector.dataset_detections(prepared, worker_count) if d.score >= min_score]
+        return [d for d in detector.dataset_detections(prepared, worker_count, max_pixels, read_options)
+                if d.score >= min_score]
     if source == "posenet":
         from hvpose.posenet_people import PoseNetPeople, posenet_box_source
 
@@ -139,7 +142,8 @@ def _evaluate_boxes(config: ml_collections.ConfigDict, pipeline: Pipeline, prepa
     if not boxes:
         raise DataError(f"{source_name}: no boxes to evaluate")
     loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop,
-                            worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+                            worker_count=config.data.worker_count, max_pixels=config.data.max_pixels,
+                            read_options=data_read_options(config.data))
     batches = iter(loader)
     try:
         people = pipeline.run(batches)
@@ -170,7 +174,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, variables: Any, st
     source = config.data.val.boxes if box_source is None else box_source
     boxes = dataset_boxes(source, prepared, config.data.val.min_box_score,
                           _detector_workdir(config, workdir) if source == "detector" else "", config.data.worker_count,
-                          config.init.posenet_tfjs)
+                          config.init.posenet_tfjs, config.data.max_pixels, data_read_options(config.data))
     if config.eval.batch_size % jax.device_count():
         raise ConfigError(f"config.eval.batch_size {config.eval.batch_size} is not divisible by the "
                           f"{jax.device_count()} devices")

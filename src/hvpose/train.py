@@ -32,7 +32,7 @@ from etils import epath
 from hvpose import checkpoints, sharding
 from hvpose.data.augment import Augmentation
 from hvpose.data.crops import check_crop_size
-from hvpose.data.pipeline import close_loader, train_loader
+from hvpose.data.pipeline import close_loader, data_read_options, train_loader
 from hvpose.data.splits import prepare_split
 from hvpose.errors import ConfigError, NonFiniteLossError, configured
 from hvpose.metrics import MetricWriter
@@ -218,7 +218,8 @@ def keypoint_task(config: ml_collections.ConfigDict, prepared: Any) -> Task:
     configured(check_loss_settings, loss_settings, "loss")
     loader = train_loader(prepared, config.train.batch_size, seed=config.seed,
                           augment=configured(Augmentation, config.data.augment, "data.augment"), crop_size=crop,
-                          worker_count=config.data.worker_count, max_pixels=config.data.max_pixels)
+                          worker_count=config.data.worker_count, max_pixels=config.data.max_pixels,
+                          read_options=data_read_options(config.data))
     return Task(model, crop, _as_objective(loss_settings), loader, "crops", ("heatmap_loss", "offset_loss"))
 
 

@@ -306,7 +306,8 @@ def detection_train_loader(prepared: PreparedDataset, global_batch_size: int, *,
                            canvas_size: tuple[int, int], max_boxes: int, flip: bool = True,
                            zoom: tuple[float, float] = (1.0, 1.0), worker_count: int = 0,
                            num_epochs: int | None = None, shard_options: grain.sharding.ShardOptions | None = None,
-                           max_pixels: int = DEFAULT_MAX_PIXELS) -> grain.DataLoader:
+                           max_pixels: int = DEFAULT_MAX_PIXELS,
+                           read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
     """Endless (or `num_epochs`) shuffled detection batches of this process's share of the images.
 
     Each batch is a dict of numpy arrays (b = global_batch_size / process count; H, W = canvas_size;
@@ -324,13 +325,15 @@ def detection_train_loader(prepared: PreparedDataset, global_batch_size: int, *,
     sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs,
                                           seed=seed)
     return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                            read_options=read_options,
                             operations=[transform, grain.transforms.Batch(batch, drop_remainder=True)])
 
 
 def detection_eval_loader(prepared: PreparedDataset, global_batch_size: int, *, canvas_size: tuple[int, int],
                           max_boxes: int, worker_count: int = 0,
                           shard_options: grain.sharding.ShardOptions | None = None,
-                          max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[grain.DataLoader, int]:
+                          max_pixels: int = DEFAULT_MAX_PIXELS,
+                          read_options: grain.ReadOptions | None = None) -> tuple[grain.DataLoader, int]:
     """One pass over all images in record order, in fixed-shape batches; returns (loader, number of real images).
 
     Batches hold the fields of `detection_train_loader` (never flipped) and `valid` (b,) bool, False for the
@@ -344,6 +347,7 @@ def detection_eval_loader(prepared: PreparedDataset, global_batch_size: int, *, 
     sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=False, num_epochs=1)
     transform = EvalDetectionCanvas(_check_canvas(canvas_size), _check_max_boxes(max_boxes), max_pixels)
     loader = grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                              read_options=read_options,
                               operations=[transform, grain.transforms.Batch(batch, drop_remainder=True)])
     return loader, source.num_images
 

@@ -29,7 +29,7 @@ from hvpose.data.coco import Detection
 from hvpose.data.crops import CROP_SIZE, TEST_ENLARGE, crop_box, invert_transform, render_crop, transform_keypoints
 from hvpose.data.images import DEFAULT_MAX_PIXELS, decode_image
 from hvpose.data.tfds_coco import PreparedDataset
-from hvpose.errors import DataError
+from hvpose.errors import ConfigError, DataError
 
 
 class TrainPersons:
@@ -190,16 +190,30 @@ def _process_batch_size(global_batch_size: int, shard: grain.sharding.ShardOptio
     return global_batch_size // shard.shard_count
 
 
+def data_read_options(data: Any) -> grain.ReadOptions:
+    """grain's `ReadOptions` from `config.data.read_threads` and `config.data.read_buffer`: how many threads read
+    records ahead, and how many elements they keep ready, in each worker process (in this one when `worker_count`
+    is 0). Threads hide the latency of remote storage (a gs:// cache); on a local disk with the transforms in this
+    process they only compete with it for the cores (`benchmarks/input_pipeline.py`, `read_options`)."""
+    try:
+        return grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.read_buffer)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.data.read_threads / read_buffer: {error}") from None
+
+
 def train_loader(prepared: PreparedDataset, global_batch_size: int, *, seed: int,
                  augment: Augmentation = Augmentation(), crop_size: tuple[int, int] = CROP_SIZE,
                  worker_count: int = 0, num_epochs: int | None = None,
                  shard_options: grain.sharding.ShardOptions | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> grain.DataLoader:
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
     """Endless (or `num_epochs`) shuffled training batches of this process's share of the persons.
 
     Each batch is a dict of numpy arrays: `image` (b, H, W, 3) uint8, `keypoints` (b, K, 3) float32 in crop
     pixels, `crop_to_image` (b, 2, 3), `image_id`, `person_id`; b = global_batch_size / process count.
     `iter(loader)` gives a `grain.DataLoaderIterator` whose `get_state()` / `set_state()` checkpoint the position.
+    `read_options` (grain's defaults when None; `data_read_options` builds them from a config) never changes
+    the batches.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
     _ensure_flags_parsed()
@@ -207,7 +221,7 @@ def train_loader(prepared: PreparedDataset, global_batch_size: int, *, seed: int
     transform = TrainCrop(augment, prepared.dataset.keypoint_set.flip_permutation(), tuple(crop_size), max_pixels)
     sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs,
                                           seed=seed)
-    return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+    return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count, read_options=read_options,
                             operations=[transform, grain.transforms.Batch(_process_batch_size(global_batch_size,
                                                                                               shard),
                                                                           drop_remainder=True)])
@@ -216,7 +230,8 @@ def train_loader(prepared: PreparedDataset, global_batch_size: int, *, seed: int
 def eval_loader(prepared: PreparedDataset, boxes: Sequence[Detection], global_batch_size: int, *,
                 crop_size: tuple[int, int] = CROP_SIZE, worker_count: int = 0,
                 shard_options: grain.sharding.ShardOptions | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[grain.DataLoader, int]:
+                max_pixels: int = DEFAULT_MAX_PIXELS,
+                read_options: grain.ReadOptions | None = None) -> tuple[grain.DataLoader, int]:
     """One pass over all boxes in fixed-shape batches; returns (loader, number of real boxes).
 
     Batches hold `image`, `crop_to_image`, `bbox`, `score`, `image_id` and `valid` (False for padding).
@@ -227,6 +242,7 @@ def eval_loader(prepared: PreparedDataset, boxes: Sequence[Detection], global_ba
     source = EvalBoxes(prepared, boxes, pad_to=global_batch_size)
     sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=False, num_epochs=1)
     loader = grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                              read_options=read_options,
                               operations=[EvalCrop(tuple(crop_size), TEST_ENLARGE, max_pixels),
                                           grain.transforms.Batch(batch, drop_remainder=True)])
     return loader, source.num_boxes
