@@ -244,8 +244,14 @@ def test_read_options_come_from_the_config_and_a_bad_value_is_one_line():
     data = ml_collections.ConfigDict({"read_threads": 0, "read_buffer": 0})
     options = data_read_options(data)
     assert (options.num_threads, options.prefetch_buffer_size) == (0, 0)
+    older = data_read_options(ml_collections.ConfigDict({}))  # a config from before the fields: grain's defaults
+    assert (older.num_threads, older.prefetch_buffer_size) == (16, 500)
     data.read_threads = -1
     with pytest.raises(ConfigError, match=r"^config.data.read_threads / read_buffer: .*non-negative"):
+        data_read_options(data)
+    data.read_threads = 4  # threads with nothing to fill: grain would read in place without a word
+    with pytest.raises(ConfigError, match=r"^config.data.read_threads=4 reads nothing ahead with "
+                                          r"config.data.read_buffer=0"):
         data_read_options(data)
 
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +18,9 @@ import optax
 import pytest
 
 from conftest import REPO
-from hvpose import checkpoints, sharding
+from hvpose import checkpoints, detector, sharding
 from hvpose.configs import demo, detector_demo
+from hvpose.data.splits import prepare_split
 from hvpose.errors import ConfigError
 from hvpose.models.keypoint_net import KeypointNet
 from hvpose.train import (
@@ -26,6 +28,7 @@ from hvpose.train import (
     TrainState,
     init_state,
     jit_train_step,
+    keypoint_task,
     learning_rate_schedule,
     make_optimizer,
     train,
@@ -347,14 +350,26 @@ def test_resuming_with_another_worker_count_or_model_is_refused_but_a_finished_r
 
 
 @pytest.mark.parametrize("config_module", [demo, detector_demo], ids=["keypoints", "detection"])
-def test_the_read_options_reach_the_training_loader(tmp_path, config_module):
+def test_the_read_options_reach_the_training_loader(tmp_path, monkeypatch, config_module):
     config = config_module.get_config()
     config.data.synthetic.num_train, config.data.synthetic.num_val = 4, 2
-    config.data.read_buffer = -1
-    config.train.steps = 1  # short should the check be lost
+    config.data.read_threads, config.data.read_buffer = 3, 7
+    given = []
+
+    class RecordingLoader(grain.DataLoader):
+        def __init__(self, *args, read_options=None, **kwargs):
+            given.append(read_options)
+            super().__init__(*args, read_options=read_options, **kwargs)
+
+    monkeypatch.setattr(grain, "DataLoader", RecordingLoader)
+    prepared = prepare_split(config.data, "train", str(tmp_path), config.seed)
+    task = keypoint_task(config, prepared) if config_module is demo else detector.training_task(config, prepared)
+    assert isinstance(task.loader, RecordingLoader)
+    assert [(options.num_threads, options.prefetch_buffer_size) for options in given] == [(3, 7)]
+    config.data.read_buffer = -1  # refused before anything is prepared or written
     with pytest.raises(ConfigError, match=r"^config.data.read_threads / read_buffer: .*non-negative"):
-        train(config, str(tmp_path))
-    assert not (tmp_path / "checkpoints").exists()
+        train(config, str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):

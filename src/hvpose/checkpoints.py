@@ -135,10 +135,12 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
       `inference.nms_method`, `soft_nms_sigma`, `vote_iou`; both tasks' `model.width_multipliers`, `data.read_threads`
       and `data.read_buffer`) get the value that older versions used implicitly.
     """
+    from hvpose.data.pipeline import GRAIN_READ_BUFFER, GRAIN_READ_THREADS  # grain, TFDS: imported when needed
+
     config = copy.deepcopy(saved)
     config["model"].setdefault("width_multipliers", [])
-    config["data"].setdefault("read_threads", 16)  # grain's defaults
-    config["data"].setdefault("read_buffer", 500)
+    config["data"].setdefault("read_threads", GRAIN_READ_THREADS)
+    config["data"].setdefault("read_buffer", GRAIN_READ_BUFFER)
     if config.setdefault("task", "keypoints") != "keypoints":  # detector configs came after every rename below
         config["data"]["augment"].setdefault("zoom", [1.0, 1.0])
         for field, value in (("nms_method", "greedy"), ("soft_nms_sigma", 0.5), ("vote_iou", 0.0)):

@@ -83,7 +83,8 @@ def dataset_boxes(source: str | BoxSource, prepared: PreparedDataset, min_score:
     """The boxes to evaluate: "gt" (ground-truth persons with keypoints, score 1), "detector" (the person detector
     trained in `detector_workdir`, run over the split), "posenet" (the people PoseNet's own multi-person decoding
     finds with the weights of `posenet_tfjs`), a COCO detection-results json, or a box source called on every
-    image of the split (image -> (N, 5) boxes as x, y, width, height, score)."""
+    image of the split (image -> (N, 5) boxes as x, y, width, height, score). `worker_count`, `max_pixels` and
+    `read_options` configure the detector's pass over the split (`config.data`'s)."""
     if callable(source):
         detections = []
         for record, image_id in enumerate(prepared.image_ids):

@@ -296,6 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     elif config.model.get("frozen_stages", 0):
         raise ConfigError(f"config.model.frozen_stages={config.model.frozen_stages} would freeze randomly "
                           "initialised layers: give config.init.backbone, or set frozen_stages=0")
+    data_read_options(config.data)  # refused before the data is prepared (a COCO conversion takes minutes)
     workdir = resolve_workdir(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     # Each part from its own config section, once, in order: data, model and loss (the task), optimizer, devices,

@@ -66,8 +66,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.worker_count = 8  # grain worker processes per host (decode + warp)
     config.data.max_pixels = 64_000_000  # decompression-bomb bound per image
     config.data.read_threads = 16  # threads reading records ahead, per worker (grain's default: hides a gs://
-    # cache's latency; 0 reads in the worker's own thread, faster from a local disk)
-    config.data.read_buffer = 500  # records they keep ready, per worker (grain's default)
+    # cache's latency; 0 reads each record when it is needed, in the worker's own thread)
+    config.data.read_buffer = 500  # records they keep ready, per worker (grain's default; 0 only with 0 threads)
     config.data.strict = False  # True: a missing/corrupt image is an error instead of skipped and counted
     config.data.flip_pairs = ml_collections.config_dict.placeholder(tuple)  # None: inferred from keypoint names
     config.data.sigmas = ml_collections.config_dict.placeholder(tuple)  # None: COCO's (or 0.05 for other sets)

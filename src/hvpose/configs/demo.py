@@ -44,8 +44,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.worker_count = 0  # decode in the training process while the jitted step runs (dispatch is
     # asynchronous): a worker process takes 3-6 s to start (it imports grain, JAX and TFDS) for each of the demo's
     # six loaders; 0.94x the demo's time with one worker (README, "The demo")
-    config.data.read_threads = 0  # records read where they are decoded: grain's 16 threads and 500-record buffer
-    config.data.read_buffer = 0  # cost the training process CPU time the step needs (README, "The demo")
+    config.data.read_threads = 0  # each record read when it is needed: grain's 16 reading threads take CPU time
+    # from the train step in this one process (0.94x the demo's time; README, "The demo")
+    config.data.read_buffer = 0  # nothing read ahead (grain's 500 records need the threads)
     config.data.synthetic.enabled = True  # the built-in people, unless data paths are given
     config.data.synthetic.num_train = 1500
     config.data.synthetic.num_val = 150

@@ -314,7 +314,7 @@ def detection_train_loader(prepared: PreparedDataset, global_batch_size: int, *,
     G = max_boxes): `image` (b, H, W, 3) uint8, `image_size` (b, 2) int32 (height, width of the image on the
     canvas), `scale` (b,) float32 canvas pixels per image pixel, `boxes` (b, G, 4) float32 (x1, y1, x2, y2) in
     canvas pixels, `box_valid` (b, G) bool, `image_id` (b,) int64. `iter(loader)` gives a `grain.DataLoaderIterator`
-    whose `get_state()` / `set_state()` checkpoint the position.
+    whose `get_state()` / `set_state()` checkpoint the position. `read_options` as in `pipeline.train_loader`.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
     _ensure_flags_parsed()
@@ -338,7 +338,7 @@ def detection_eval_loader(prepared: PreparedDataset, global_batch_size: int, *, 
 
     Batches hold the fields of `detection_train_loader` (never flipped) and `valid` (b,) bool, False for the
     padding that makes a whole number of global batches (zero canvas, no boxes, image_id -1, image_size (0, 0),
-    scale 1).
+    scale 1). `read_options` as in `pipeline.train_loader`.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=False)
     _ensure_flags_parsed()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+import ml_collections
 import numpy as np
 
 from hvpose.data.augment import Augmentation, color_jitter, sample_geometry
@@ -190,13 +191,25 @@ def _process_batch_size(global_batch_size: int, shard: grain.sharding.ShardOptio
     return global_batch_size // shard.shard_count
 
 
-def data_read_options(data: Any) -> grain.ReadOptions:
+# grain's own ReadOptions defaults: what a config without `read_threads` / `read_buffer` (older ones) gets.
+GRAIN_READ_THREADS = 16
+GRAIN_READ_BUFFER = 500
+
+
+def data_read_options(data: ml_collections.ConfigDict) -> grain.ReadOptions:
     """grain's `ReadOptions` from `config.data.read_threads` and `config.data.read_buffer`: how many threads read
-    records ahead, and how many elements they keep ready, in each worker process (in this one when `worker_count`
-    is 0). Threads hide the latency of remote storage (a gs:// cache); on a local disk with the transforms in this
-    process they only compete with it for the cores (`benchmarks/input_pipeline.py`, `read_options`)."""
+    records (the ArrayRecord lookup and its parsing; the crop transforms run where the batches are made) ahead, and
+    how many they keep ready, in each worker process (in this one when `worker_count` is 0). Threads hide the
+    latency of remote storage (a gs:// cache); with the transforms in this process on a few cores they take CPU
+    time from the train step (`benchmarks/input_pipeline.py`, section 4). Both 0 reads each record when it is
+    needed; threads without a buffer are refused, since grain would then read in place without saying so."""
+    threads = data.get("read_threads", GRAIN_READ_THREADS)
+    buffer = data.get("read_buffer", GRAIN_READ_BUFFER)
+    if isinstance(threads, int) and isinstance(buffer, int) and threads > 0 and buffer == 0:
+        raise ConfigError(f"config.data.read_threads={threads} reads nothing ahead with config.data.read_buffer=0: "
+                          "give a buffer (grain's default is 500), or read_threads=0")
     try:
-        return grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.read_buffer)
+        return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config.data.read_threads / read_buffer: {error}") from None
 
@@ -235,6 +248,7 @@ def eval_loader(prepared: PreparedDataset, boxes: Sequence[Detection], global_ba
     """One pass over all boxes in fixed-shape batches; returns (loader, number of real boxes).
 
     Batches hold `image`, `crop_to_image`, `bbox`, `score`, `image_id` and `valid` (False for padding).
+    `read_options` as in `train_loader`.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=False)
     _ensure_flags_parsed()
