@@ -57,3 +57,21 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def loader_read_options(monkeypatch) -> list[tuple[int, int]]:
+    """(num_threads, prefetch_buffer_size) of every `grain.DataLoader` built while the test runs, in order: what
+    the configured read options reached."""
+    import grain
+
+    given: list[tuple[int, int]] = []
+
+    class RecordingLoader(grain.DataLoader):
+        def __init__(self, *args, read_options=None, **kwargs):
+            options = read_options or grain.ReadOptions()
+            given.append((options.num_threads, options.prefetch_buffer_size))
+            super().__init__(*args, read_options=read_options, **kwargs)
+
+    monkeypatch.setattr(grain, "DataLoader", RecordingLoader)
+    return given

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import grain
 import numpy as np
 import pytest
 
@@ -162,7 +161,7 @@ def test_scores_shown_are_probabilities(posenet_predictor, shared_data):
 
 
 @pytest.mark.slow
-def test_evaluation_and_the_predictor_report_the_same_people(tmp_path, monkeypatch):
+def test_evaluation_and_the_predictor_report_the_same_people(tmp_path, loader_read_options):
     """One inference path: a checkpoint evaluated over its held-out split (results.json) and the Predictor given
     each image file and the same boxes find identical keypoints and scores, crops decoded at reduced size
     included. Evaluation reads with the configured read options."""
@@ -172,17 +171,10 @@ def test_evaluation_and_the_predictor_report_the_same_people(tmp_path, monkeypat
     config.inference.keypoint_threshold = 0.2  # exercised on both sides
     workdir = str(tmp_path / "run")
     state = train(config, workdir)
+    loader_read_options.clear()  # training's loader
     config.data.read_threads, config.data.read_buffer = 2, 8
-    given = []
-
-    class RecordingLoader(grain.DataLoader):
-        def __init__(self, *args, read_options=None, **kwargs):
-            given.append(read_options)
-            super().__init__(*args, read_options=read_options, **kwargs)
-
-    monkeypatch.setattr(grain, "DataLoader", RecordingLoader)
     evaluate.evaluate(config, workdir, {"params": state.params, "batch_stats": state.batch_stats}, 3)
-    assert given and all((options.num_threads, options.prefetch_buffer_size) == (2, 8) for options in given)
+    assert loader_read_options and set(loader_read_options) == {(2, 8)}
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert set(results[0]) == {"image_id", "category_id", "keypoints", "score"}  # plain COCO results format
     predictor = hvpose.Predictor.from_checkpoint(workdir, batch_size=config.eval.batch_size)

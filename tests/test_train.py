@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -350,22 +349,13 @@ def test_resuming_with_another_worker_count_or_model_is_refused_but_a_finished_r
 
 
 @pytest.mark.parametrize("config_module", [demo, detector_demo], ids=["keypoints", "detection"])
-def test_the_read_options_reach_the_training_loader(tmp_path, monkeypatch, config_module):
+def test_the_read_options_reach_the_training_loader(tmp_path, loader_read_options, config_module):
     config = config_module.get_config()
     config.data.synthetic.num_train, config.data.synthetic.num_val = 4, 2
     config.data.read_threads, config.data.read_buffer = 3, 7
-    given = []
-
-    class RecordingLoader(grain.DataLoader):
-        def __init__(self, *args, read_options=None, **kwargs):
-            given.append(read_options)
-            super().__init__(*args, read_options=read_options, **kwargs)
-
-    monkeypatch.setattr(grain, "DataLoader", RecordingLoader)
     prepared = prepare_split(config.data, "train", str(tmp_path), config.seed)
-    task = keypoint_task(config, prepared) if config_module is demo else detector.training_task(config, prepared)
-    assert isinstance(task.loader, RecordingLoader)
-    assert [(options.num_threads, options.prefetch_buffer_size) for options in given] == [(3, 7)]
+    keypoint_task(config, prepared) if config_module is demo else detector.training_task(config, prepared)
+    assert loader_read_options == [(3, 7)]
     config.data.read_buffer = -1  # refused before anything is prepared or written
     with pytest.raises(ConfigError, match=r"^config.data.read_threads / read_buffer: .*non-negative"):
         train(config, str(tmp_path / "refused"))
