@@ -2,6 +2,7 @@
 checkpoint, exactly, into a keypoint network or a detector; the rest stays random; settings that cannot fit are
 refused in one line before anything is read."""
 
+import logging
 import shutil
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from test_detector import TINY
 
-from hvpose.checkpoints import restore_backbone, restore_model_variables
+from hvpose.checkpoints import restore_backbone, restore_model_variables, variables_misfit
 from hvpose.errors import ConfigError
 from hvpose.models.detector import FasterRCNN
 from hvpose.pretrained import backbone_family, check_backbone_matches
@@ -88,3 +89,16 @@ def test_settings_that_cannot_fit_are_refused_in_one_line(trained, tmp_path):
     with pytest.raises(ConfigError, match="base_width=8"):
         train(refused, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_reading_a_workdir_shows_no_orbax_notices(trained, caplog):
+    """Reading a checkpoint (for its model, its backbone or its shapes) is a deliberate read-only use that skips the
+    grain position: orbax's notices of both are hidden, so the demo's log shows hvpose's own lines."""
+    config, workdir = trained
+    model, _, _ = tiny_model_and_optimizer(config)
+    crop = (config.crop.height, config.crop.width)
+    with caplog.at_level(logging.WARNING):
+        variables, step = restore_model_variables(str(workdir / "checkpoints"), model, crop)
+        restore_backbone(str(workdir))
+        assert variables_misfit(str(workdir / "checkpoints"), step, variables) == ""
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []

@@ -133,3 +133,12 @@ def test_runs_generating_one_folder_at_once_leave_one_consistent_dataset(tmp_pat
                            and p.name != ".lock")
     for name in files:
         assert (shared / name).read_bytes() == (references[seed] / name).read_bytes(), name
+
+
+def test_drawing_is_announced_once_and_reuse_is_silent(tmp_path, caplog):
+    """Drawing 1,650 images took the demo 7-16 s before anything else printed: it says so, and only when it draws."""
+    ensure_demo_dataset(tmp_path, num_train=3, num_val=2, seed=0)
+    assert "drawing 3 training and 2 held-out synthetic images" in caplog.text
+    caplog.clear()
+    ensure_demo_dataset(tmp_path, num_train=3, num_val=2, seed=0)
+    assert "drawing" not in caplog.text

@@ -47,6 +47,14 @@ def test_conversion_is_reused_and_a_changed_source_is_noticed(coco_copy, tmp_pat
     assert changed.directory != first.directory and "converting" in caplog.text
 
 
+def test_a_conversion_says_what_it_converts_and_nothing_about_downloads(shared_data, tmp_path, caplog, capfd):
+    sample = shared_data / "coco_sample"
+    prepare(sample / "test_coco.json", sample / "images", tmp_path / "cache")
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err and "downloaded" not in out + err
+    assert "converting" in caplog.text and "custom data configuration" not in caplog.text
+
+
 def test_corrupt_and_missing_images_are_skipped_counted_or_strict_errors(coco_copy, tmp_path, caplog):
     (coco_copy / "images" / "000000040083.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     (coco_copy / "images" / "000000000785.jpg").unlink()

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
 
-from hvpose import sharding
+from hvpose import notices, sharding
 from hvpose.errors import ConfigError
 from hvpose.keypoints import KeypointSet
 from hvpose.models.resnet import canonical_multipliers
@@ -96,6 +96,17 @@ class Checkpointer:
         self._manager.close()
 
 
+def _read_only_manager(checkpoint_dir: str) -> ocp.CheckpointManager:
+    """A CheckpointManager that only reads `checkpoint_dir`. Both saved items have their handler, so orbax does not
+    warn that it could not restore `data` (the grain position, which readers of the model never need); its notices
+    of what read-only implies are hidden (`hvpose.notices`)."""
+    with notices.hidden("CheckpointManagerOptions.read_only=True", "Given directory is read only"):
+        return ocp.CheckpointManager(
+            checkpoint_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                           "data": grain.checkpoint.CheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(read_only=True))
+
+
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     """The shapes of a pytree's leaves (arrays, shape structs or orbax metadata) by dotted path
     (`params.backbone.stem_conv.kernel`)."""
@@ -108,8 +119,7 @@ def variables_misfit(checkpoint_dir: str, step: int, variables: dict[str, Any], 
     their shapes, else the first that differs, as "PATH is SAVED there, GIVEN here". With `exact`, arrays the
     checkpoint holds beyond them differ too (a whole state restores only into the same tree). Only the
     checkpoint's metadata is read, so a model of other settings is refused before orbax fails inside a restore."""
-    manager = ocp.CheckpointManager(checkpoint_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = _read_only_manager(checkpoint_dir)
     try:
         saved = manager.item_metadata(step)["state"]
     finally:
@@ -190,8 +200,7 @@ def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[in
     is taken from the working directory (orbax wants absolute paths).
     """
     checkpoint_dir = resolve_workdir(checkpoint_dir)
-    manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = _read_only_manager(checkpoint_dir)
     try:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -220,8 +229,7 @@ def restore_backbone(workdir: str) -> tuple[dict[str, Any], int]:
     with it, so the result is always the whole ResNet that was trained.
     """
     checkpoint_dir = resolve_workdir(str(epath.Path(workdir) / "checkpoints"))
-    manager = ocp.CheckpointManager(checkpoint_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = _read_only_manager(checkpoint_dir)
     try:
         step = manager.latest_step()
         if step is None:

@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import pathlib
 
@@ -29,6 +30,8 @@ import cv2
 import numpy as np
 
 from hvpose import keypoints as kp
+
+log = logging.getLogger(__name__)
 
 NOSE, L_EYE, R_EYE, L_EAR, R_EAR, L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST, L_HIP, R_HIP, \
     L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = range(17)
@@ -357,6 +360,8 @@ def ensure_demo_dataset(root: str | os.PathLike[str], num_train: int = 600, num_
         if manifest.exists() and json.loads(manifest.read_text()) == settings:
             return paths
         manifest.unlink(missing_ok=True)
+        log.warning("hvpose: drawing %d training and %d held-out synthetic images into %s (once)", num_train,
+                    num_val, root)
         write_split(root, "train", num_train, seed, first_image_id=1)
         write_split(root, "val", num_val, seed, first_image_id=1_000_000)
         manifest.write_text(json.dumps(settings))

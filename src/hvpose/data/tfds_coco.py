@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from hvpose import notices
 from hvpose.data.coco import KeypointDataset, load_coco_keypoints, resolve_image_path
 from hvpose.data.images import DEFAULT_MAX_PIXELS, image_size, read_image_file
 from hvpose.errors import DataError, ImageError
@@ -69,6 +70,14 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
         self.skipped: list[str] = []
         self.converted_ids: list[int] = []
         super().__init__(**kwargs)
+
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and prepared" around a
+    # conversion: nothing is downloaded, and `prepare` says what it converts where.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _info(self) -> tfds.core.DatasetInfo:
         k = self._dataset.keypoint_set.num_keypoints
@@ -173,8 +182,9 @@ def prepare(annotations: str | os.PathLike[str], images_dir: str | os.PathLike[s
     stem = os.path.splitext(os.path.basename(annotations))[0]
     name = "".join(c if c.isalnum() else "_" for c in stem).strip("_").lower() or "data"
     config = tfds.core.BuilderConfig(name=f"{name}_{fingerprint(dataset, images_dir)}")
-    builder = CocoKeypoints(dataset=dataset, images_dir=images_dir, strict=strict, max_pixels=max_pixels,
-                            data_dir=os.fspath(cache_dir), config=config, file_format="array_record")
+    with notices.hidden("Using custom data configuration"):  # every conversion's config is its own
+        builder = CocoKeypoints(dataset=dataset, images_dir=images_dir, strict=strict, max_pixels=max_pixels,
+                                data_dir=os.fspath(cache_dir), config=config, file_format="array_record")
     report_path = epath.Path(builder.data_dir) / REPORT_FILE
     if not report_path.exists():
         log.warning("hvpose: converting %s (%d images) to ArrayRecord in %s (once)", annotations,
