@@ -35,7 +35,7 @@ import numpy as np
 from hvpose import checkpoints
 from hvpose.configs import posenet as posenet_config
 from hvpose.data.crops import check_crop_size
-from hvpose.data.pipeline import eval_loader
+from hvpose.data.pipeline import data_read_options, eval_loader
 from hvpose.data.splits import prepare_split
 from hvpose.evaluate import coco_evaluate, dataset_boxes, to_coco_results
 from hvpose.inference import InferenceSettings, Pipeline, instance_scores, suppress
@@ -53,7 +53,8 @@ def people_before_nms(config, model, variables, prepared, boxes, radius):
     crop = check_crop_size(**config.crop, output_stride=model.output_stride)
     pipeline = Pipeline(model, variables, prepared.dataset.keypoint_set, crop, radius,
                         InferenceSettings(**config.inference), batch_size=config.eval.batch_size)
-    loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop, worker_count=0)
+    loader, _ = eval_loader(prepared, boxes, config.eval.batch_size, crop_size=crop, worker_count=0,
+                            max_pixels=config.data.max_pixels, read_options=data_read_options(config.data))
     return [person for batch in loader for person in pipeline.people_in_batch(batch)]
 
 

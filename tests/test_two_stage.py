@@ -71,3 +71,33 @@ def test_detector_then_keypoints_on_its_boxes(tmp_path):
     people = predictor(image_file)
     assert len(people) <= len(boxes)
 
+
+
+@pytest.mark.slow
+def test_the_read_options_reach_the_detectors_evaluation_loaders(tmp_path, loader_read_options):
+    """The detector's own evaluation reads with `config.data`'s read options, and so does stage 2's detector pass
+    (`dataset_boxes("detector", ...)`, which evaluation calls with `data_read_options(config.data)`)."""
+    import grain
+
+    from hvpose import detector, evaluate
+    from hvpose.configs import detector_demo
+    from hvpose.data.splits import prepare_split
+    from hvpose.train import train
+
+    config = detector_demo.get_config()
+    config.model.base_width, config.model.fc_dim, config.model.rpn_channels = 8, 16, 16
+    config.data.canvas_size = (65, 97)
+    config.data.synthetic.num_train, config.data.synthetic.num_val = 6, 3
+    config.data.synthetic.root, config.data.cache_dir = str(tmp_path / "data"), str(tmp_path / "tfds")
+    config.train.steps, config.train.batch_size, config.eval.batch_size = 1, 4, 4
+    workdir = str(tmp_path / "detector")
+    train(config, workdir)
+    loader_read_options.clear()  # training's loader
+    config.data.read_threads, config.data.read_buffer = 2, 8
+    detector.evaluate_detector_checkpoint(config, workdir)
+    assert loader_read_options and set(loader_read_options) == {(2, 8)}
+    loader_read_options.clear()
+    prepared = prepare_split(config.data, "val", str(tmp_path / "keypoints"), config.seed)
+    evaluate.dataset_boxes("detector", prepared, detector_workdir=workdir,
+                           read_options=grain.ReadOptions(num_threads=3, prefetch_buffer_size=9))
+    assert loader_read_options == [(3, 9)]
