@@ -52,13 +52,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.synthetic.num_val = 150
     config.data.augment.rotation = 20.0  # more variety per image for a small dataset
     config.data.augment.shift_jitter = 0.1  # off-centre crops, as around the demo detector's boxes (the demo is
-    # evaluated on those): better keypoint AP on detected boxes, slightly worse on ground-truth ones (README)
+    # evaluated on those): better keypoint AP on detected boxes, slightly worse on ground-truth ones
+    # (benchmarks/demo.md)
 
     config.train.batch_size = 16
     config.train.steps = 1200  # sized with the detector's steps to the demo's budget; at 900, keypoint AP on detected
     # boxes came within one seed's noise of 0.5 (README, "The demo")
     config.train.learning_rate = 1.6e-2  # per batch 64; 4e-3 at batch 16: a short run takes a high rate (4x and 2x
-    # an earlier demo's both beat it; twice this one is within one seed's noise; README)
+    # an earlier demo's both beat it; twice this one is within one seed's noise; benchmarks/demo.md)
     config.train.warmup_steps = 100
     config.train.decay_boundaries = (0.75, 0.92)  # 10x decays at 75% and 92% of the steps
     config.train.log_every = 100

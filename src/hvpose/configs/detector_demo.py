@@ -74,9 +74,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant == "long":  # the best detector measured on the demo data, not the demo's budget (README)
         config.train.steps = 6000  # held-out box AP levels off after ~1,200 steps without zoom, not with it
         config.train.checkpoint_every = 1000
-        config.data.augment.zoom = (0.6, 1.4)  # scale jitter: moves the overfitting plateau up (README)
+        config.data.augment.zoom = (0.6, 1.4)  # scale jitter: moves the overfitting plateau up (benchmarks/demo.md)
         config.inference.nms_threshold = 0.7  # chosen on another synthetic split (seed 7): the people overlap
-        config.model.width_multipliers = ()  # the standard widths, as its figures were measured (README)
+        config.model.width_multipliers = ()  # the standard widths, as its figures were measured (benchmarks/demo.md)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of configs/detector_demo.py (known: long)")
     return config
