@@ -21,9 +21,18 @@ def test_only_the_given_prefixes_are_dropped_and_only_inside_the_block(caplog):
 
 
 def test_the_filter_is_removed_when_the_block_raises(caplog):
+    before = list(logging.getLogger(notices.ABSL_LOGGER).filters)
     with pytest.raises(RuntimeError), notices.hidden("routine"):
         raise RuntimeError("inside")
     with caplog.at_level(logging.WARNING):
         absl_logging.warning("routine, but outside")
     assert [r.getMessage() for r in caplog.records] == ["routine, but outside"]
-    assert logging.getLogger(notices.ABSL_LOGGER).filters == []
+    assert logging.getLogger(notices.ABSL_LOGGER).filters == before
+
+
+def test_a_prefix_matches_the_message_before_its_arguments(caplog):
+    """orbax's notices carry arguments ("Given directory is read only=%s"): the prefix before them decides."""
+    with caplog.at_level(logging.WARNING), notices.hidden("Given directory is read only"):
+        absl_logging.warning("Given directory is read only=%s", "/some/dir")
+        absl_logging.warning("%s", "Given directory is read only, formatted in")  # not a prefix of the format
+    assert [r.getMessage() for r in caplog.records] == ["Given directory is read only, formatted in"]

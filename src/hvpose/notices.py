@@ -18,10 +18,15 @@ ABSL_LOGGER = "absl"  # orbax and TFDS log through `absl.logging`, i.e. this Pyt
 
 @contextlib.contextmanager
 def hidden(*prefixes: str) -> Iterator[None]:
-    """Within the block, drops absl log records whose message starts with one of `prefixes`."""
+    """Within the block, drops absl log records whose message starts with one of `prefixes`.
+
+    The filter sits on the process-wide absl logger, so other threads' matching records are dropped too while the
+    block runs: the same routine notices. The prefixes are matched against the unformatted message (they end before
+    any `%s`), which is cheaper and cannot raise inside the library's logging call.
+    """
 
     def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefixes)
+        return not str(record.msg).startswith(prefixes)
 
     logger = logging.getLogger(ABSL_LOGGER)
     logger.addFilter(keep)
