@@ -94,9 +94,15 @@ def test_box_voting_averages_the_overlapping_candidates_by_weight(rng):
     weights[rng.random(40) < 0.2] = 0.0  # padding
     kept = np.concatenate([candidates[:5], [[100.0, 100, 110, 110]]]).astype(np.float32)  # the last overlaps none
     voted = np.asarray(vote(kept, candidates, weights, 0.5))
+    voters = []
     for row, box in enumerate(kept):
         near = [j for j in range(40) if overlap(box, candidates[j]) >= 0.5 and weights[j] > 0]
         expected = (np.average(candidates[near], axis=0, weights=weights[near]) if near else box)
         np.testing.assert_allclose(voted[row], expected, rtol=1e-5, atol=1e-4)
-    assert (voted[:5] != candidates[:5]).any(axis=1).sum() >= 3  # voting moved most kept boxes
+        voters.append(near)
+    # The data exercise the cases that matter, so the check above is not only boxes left in place: a box averaged
+    # with others, a box whose own weight is 0 (padding) moved onto another, and the box overlapping nobody.
+    # (Whether a box voted only by itself comes back bit-exact depends on XLA's arithmetic: jax 0.12.1 does.)
+    assert max(map(len, voters)) >= 3 and any(near and row not in near for row, near in enumerate(voters[:5]))
+    assert (np.abs(voted[:5] - candidates[:5]).max(axis=1) > 0.5).sum() >= 2  # moved by pixels, not by rounding
     np.testing.assert_array_equal(voted[5], kept[5])
