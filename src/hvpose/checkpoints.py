@@ -121,9 +121,14 @@ def variables_misfit(checkpoint_dir: str, step: int, variables: dict[str, Any], 
     checkpoint's metadata is read, so a model of other settings is refused before orbax fails inside a restore."""
     manager = _read_only_manager(checkpoint_dir)
     try:
-        saved = manager.item_metadata(step)["state"]
+        return _misfit(manager, step, variables, exact)
     finally:
         manager.close()
+
+
+def _misfit(manager: ocp.CheckpointManager, step: int, variables: dict[str, Any], exact: bool) -> str:
+    """`variables_misfit` through a manager that is already open."""
+    saved = manager.item_metadata(step)["state"]
     stored = _shapes_by_path({kind: saved.get(kind, {}) for kind in variables})
     wanted = _shapes_by_path(variables)
     paths = sorted({*wanted, *stored} if exact else wanted)
@@ -209,7 +214,7 @@ def restore_model_variables(checkpoint_dir: str, model: Any, crop_size: tuple[in
         replicated = sharding.replicated(mesh or sharding.make_mesh())
         target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
         # Shapes that do not fit: the model settings that differ, in one line (the rest of the state is not read).
-        if misfit := variables_misfit(checkpoint_dir, step, target, exact=False):
+        if misfit := _misfit(manager, step, target, exact=False):
             raise ConfigError(f"{checkpoint_dir}: its parameters do not fit the given model ({misfit}); it was "
                               f"trained with {model_differences(checkpoint_dir, model) or 'other model settings'}")
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=replicated), target)
